@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine: `make lab` and `make test`.
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+PY    := $(BIN)/python
+# torch goes in first: 2.13.0 is a CPU build on the project machines; override for CUDA hosts.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup lab test export check-export nbtest pytest readme clean
+
+setup: $(STAMP)
+
+$(STAMP): settings.ini setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+lab: setup
+	$(BIN)/jupyter lab nbs/tutorials
+
+export: setup
+	$(BIN)/nbdev_export
+
+# The package must be exactly what the notebooks export.
+check-export: export
+	@git diff --exit-code -- collapse_lab || { echo "collapse_lab/ differs from nbs/: edit the notebooks, run nbdev_export, commit."; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- collapse_lab | grep -v __pycache__)" || { git status --porcelain -- collapse_lab; echo "nbdev_export wrote files that are not committed."; exit 1; }
+
+nbtest: setup
+	COLLAPSE_LAB_QUICK=1 $(BIN)/nbdev_test --n_workers 2 --timing
+
+# pytest's exit 5 (no tests collected) is a failure like any other non-zero exit.
+pytest: setup
+	COLLAPSE_LAB_QUICK=1 $(PY) -m pytest tests -q -rs
+
+test: check-export nbtest pytest
+
+readme: setup
+	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README
