@@ -1,5 +1,5 @@
 __version__ = "0.0.1"
 from .core import *
 from .interventions import *
-from . import metrics
+from . import metrics, viz
 from .steering import *
