@@ -7,7 +7,7 @@ PY    := $(BIN)/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test export check-export nbtest pytest readme clean
+.PHONY: setup lab test export check-export nbtest pytest readme docs browser-deps clean
 
 setup: $(STAMP)
 
@@ -32,11 +32,22 @@ check-export: export
 nbtest: setup
 	COLLAPSE_LAB_QUICK=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
+# The browser tests drive Debian's Chromium through Playwright (pip, from dev_requirements). Playwright's own
+# `playwright install` downloads a browser and cannot work here: never run it.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-deps:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
+
 # pytest's exit 5 (no tests collected) is a failure like any other non-zero exit.
-pytest: setup
+pytest: setup browser-deps
 	COLLAPSE_LAB_QUICK=1 $(PY) -m pytest tests -q -rs
 
 test: check-export nbtest pytest
 
 readme: setup
 	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README
+
+# The docs site: nbdev_docs where Quarto is installed, else Sphinx + myst-nb offline (docs/build.py -> _docs/).
+docs: setup
+	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; else $(PY) docs/build.py; fi

@@ -1,0 +1,226 @@
+"""Drive JupyterLab in Debian's Chromium with Playwright: a private Lab server, a browser, and notebook helpers.
+
+Used by `tests/test_browser.py` (fixtures are declared in `tests/conftest.py`). Nothing here downloads a
+browser: Playwright launches `/usr/bin/chromium` (`apt-get install chromium`), never `playwright install`.
+"""
+from __future__ import annotations
+import base64, io, json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT/"nbs"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-gpu"]
+ARTIFACTS = ROOT/"test-artifacts"/"browser"
+JUPYTER = Path(sys.executable).parent/"jupyter"
+
+# Messages the browser console may show that say nothing about collapse_lab: a network fetch the server
+# answers 404/403 for by design (the lab asks for optional resources such as a favicon or a workspace).
+BENIGN_CONSOLE = ()
+
+def missing_browser_deps()->str|None:
+    "Why browser tests cannot run here (None when they can)."
+    if not Path(CHROMIUM).exists(): return f"{CHROMIUM} is missing (apt-get install -y chromium chromium-driver; `make test` does it)"
+    try: import playwright.sync_api  # noqa: F401
+    except ImportError: return "playwright is not installed (pip install playwright; `make test` does it)"
+    if not JUPYTER.exists(): return f"{JUPYTER} is missing (pip install jupyterlab)"
+    return None
+
+def free_port()->int:
+    "A free TCP port on the loopback interface."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+# JupyterLab user settings for the test server: no news/update pop-ups over the notebook, and every cell kept in
+# the DOM (no windowing) so that rendered outputs can be counted.
+_LAB_SETTINGS = {
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+}
+
+def _ensure_kernelspec(path:Path):
+    "Give a notebook copy a python3 kernelspec if it has none, so Lab starts a kernel without asking."
+    nb = json.loads(path.read_text())
+    meta = nb.setdefault("metadata", {})
+    if "kernelspec" not in meta:
+        meta["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+        path.write_text(json.dumps(nb, indent=1))
+
+def write_notebook(path:Path, sources:list[str]):
+    "Write a notebook with one code cell per source string (kernel python3)."
+    cells = [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [],
+              "source": src} for i, src in enumerate(sources)]
+    nb = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
+          "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                       "language_info": {"name": "python"}}}
+    path.write_text(json.dumps(nb, indent=1))
+    return path
+
+
+class LabServer:
+    "A private JupyterLab server on a free loopback port, serving a temporary copy of `nbs/`."
+    def __init__(self, workdir:Path, quick:bool=True):
+        self.workdir, self.port, self.token = Path(workdir), free_port(), secrets.token_hex(16)
+        self.root = self.workdir/"nbs"
+        shutil.copytree(NBS, self.root, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "runs", "_proc", "checkpoints"))
+        for nb in self.root.rglob("*.ipynb"): _ensure_kernelspec(nb)
+        settings = self.workdir/"lab-settings"
+        for name, value in _LAB_SETTINGS.items():
+            p = settings/name; p.parent.mkdir(parents=True, exist_ok=True); p.write_text(json.dumps(value))
+        self.env = os.environ | {"COLLAPSE_LAB_QUICK": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                                 "JUPYTERLAB_SETTINGS_DIR": str(settings),
+                                 "JUPYTERLAB_WORKSPACES_DIR": str(self.workdir/"lab-workspaces"),
+                                 "PYTHONUNBUFFERED": "1",
+                                 # kernels import this checkout's package, installed (-e) or not
+                                 "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        self.env.pop("MPLBACKEND", None)
+        self.log_path = self.workdir/"jupyter-lab.log"
+        self.proc = None
+
+    @property
+    def url(self)->str: return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout:float=120):
+        cmd = [str(JUPYTER), "lab", "--no-browser", f"--ServerApp.token={self.token}", f"--port={self.port}",
+               "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={self.root}", "--ServerApp.port_retries=0",
+               "--ServerApp.allow_root=True", "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=",
+               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                self.api("status"); return self
+            except OSError: time.sleep(0.5)
+        raise RuntimeError(f"jupyter lab did not answer within {timeout}s:\n{self.log()[-3000:]}")
+
+    def api(self, path:str, method:str="GET", timeout:float=5):
+        req = urllib.request.Request(f"{self.url}/api/{path}", method=method,
+                                     headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            body = r.read()
+        return json.loads(body) if body else None
+
+    def log(self)->str: return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self):
+        "Shut the server and its kernels down; kill whatever of them is left after 15 s."
+        if self.proc is None: return
+        import psutil
+        try: family = [psutil.Process(self.proc.pid)] + psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error: family = []
+        try: self.api("shutdown", method="POST")
+        except Exception: pass
+        try: self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            try: os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError: pass
+            try: self.proc.wait(5)
+            except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+        _, alive = psutil.wait_procs(family, timeout=5)
+        for p in alive:
+            try: p.kill()
+            except psutil.Error: pass
+        self._log.close()
+        self.proc = None
+
+    def lab_url(self, path:str)->str: return f"{self.url}/lab/tree/{path}?token={self.token}&reset"
+
+
+# ---- notebook state, read from the JupyterLab front end (exposed as `window.jupyterapp`) ----
+
+JS_NOTEBOOK_STATE = """() => {
+  const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  if (!panel || !panel.content || !panel.sessionContext) return null;
+  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+  const cells = panel.content.widgets.map((c, i) => {
+    const m = c.model;
+    if (m.type !== 'code') return {i, type: m.type};
+    return {i, type: 'code', count: m.executionCount, source: m.sharedModel.getSource(),
+            prompt: c.node.querySelector('.jp-InputPrompt') ? c.node.querySelector('.jp-InputPrompt').textContent : '',
+            outputs: m.outputs.toJSON()};
+  });
+  return {kernel: kernel ? kernel.status : 'none', path: panel.context.path, cells};
+}"""
+
+def notebook_state(page)->dict|None: return page.evaluate(JS_NOTEBOOK_STATE)
+
+def open_notebook(page, server:LabServer, path:str, timeout:float=120):
+    "Open `path` (relative to the server root) in Lab and wait for its kernel to be idle."
+    page.goto(server.lab_url(path))
+    page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=timeout*1000)
+    page.wait_for_function("""() => { const p = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+        const k = p && p.sessionContext && p.sessionContext.session && p.sessionContext.session.kernel;
+        return k && k.status === 'idle'; }""", timeout=timeout*1000)
+
+def run_all(page):
+    "Run > Run All Cells, through the menu bar, as a person would."
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+def busy(state:dict)->bool:
+    "True while the kernel works or a cell is queued/running (`[*]`)."
+    return state is None or state["kernel"] != "idle" or any("*" in c.get("prompt", "") for c in state["cells"])
+
+def wait_idle(page, timeout:float, settle:float=1.0)->dict:
+    "Wait until the kernel is idle and no cell is queued, stably for `settle` seconds; return the state."
+    t0, since = time.time(), None
+    while time.time() - t0 < timeout:
+        st = notebook_state(page)
+        if busy(st): since = None
+        elif since is None: since = time.time()
+        elif time.time() - since >= settle: return st
+        page.wait_for_timeout(250)
+    raise TimeoutError(f"notebook still busy after {timeout}s: {summary(notebook_state(page))}")
+
+def errors(state:dict)->list[str]:
+    "Every error output in the notebook, as 'cell i: Ename: value'."
+    return [f"cell {c['i']}: {o.get('ename')}: {o.get('evalue')}" for c in state["cells"] if c["type"] == "code"
+            for o in c["outputs"] if o.get("output_type") == "error"]
+
+def unexecuted(state:dict)->list[int]:
+    "Code cells with a non-empty source that have no execution count."
+    return [c["i"] for c in state["cells"] if c["type"] == "code" and c["source"].strip() and c["count"] is None]
+
+def images(state:dict)->list[tuple[int, bytes]]:
+    "Every PNG image output as (cell index, PNG bytes)."
+    return [(c["i"], base64.b64decode(o["data"]["image/png"])) for c in state["cells"] if c["type"] == "code"
+            for o in c["outputs"] if "image/png" in o.get("data", {})]
+
+def summary(state:dict|None)->str:
+    if state is None: return "no notebook open"
+    return f"kernel={state['kernel']} running={[c['i'] for c in state['cells'] if '*' in c.get('prompt', '')]}"
+
+def png_info(png:bytes)->dict:
+    "Width, height and number of distinct colours of a PNG (a blank figure has one or two colours)."
+    from PIL import Image
+    im = Image.open(io.BytesIO(png)).convert("RGB")
+    small = im.resize((min(im.width, 200), min(im.height, 200)))
+    return dict(width=im.width, height=im.height, colours=len(small.getcolors(small.width*small.height)))
+
+def rendered_images(page)->int:
+    "How many output images in the page have loaded (naturalWidth > 0)."
+    return page.evaluate("""() => [...document.querySelectorAll('.jp-OutputArea-output img, .jp-OutputArea img')]
+        .filter(im => im.complete && im.naturalWidth > 0).length""")
+
+def console_errors(messages:list)->list[str]:
+    "Console errors and uncaught page errors, less the benign ones in `BENIGN_CONSOLE`."
+    return [m for m in messages if not any(b in m for b in BENIGN_CONSOLE)]
+
+def attach_console(page)->list[str]:
+    "Collect the page's console errors and uncaught exceptions into a list (returned, filled as they come)."
+    msgs = []
+    page.on("console", lambda m: msgs.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: msgs.append(f"pageerror: {e}"))
+    return msgs
+
+def screenshot(page_or_locator, name:str)->Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    p = ARTIFACTS/f"{name}.png"
+    page_or_locator.screenshot(path=str(p))
+    return p
