@@ -47,6 +47,8 @@ test: check-export nbtest pytest
 
 readme: setup
 	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README
+	@# links and pictures are relative to nbs/ in the notebook, to the repository root in README.md
+	sed -i -E 's#\]\((images|tutorials)/#](nbs/\1/#g; s#src="(images|tutorials)/#src="nbs/\1/#g' README.md
 
 # The docs site: nbdev_docs where Quarto is installed, else Sphinx + myst-nb offline (docs/build.py -> _docs/).
 docs: setup

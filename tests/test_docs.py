@@ -61,3 +61,24 @@ def test_nbdev_links_point_into_the_site(site):
     "Backticked names that nbdev links (e.g. `tiny_model`) lead to this site's API pages, not to an absent host."
     pages = [p.read_text() for p in (site/"api").glob("*.html")]
     assert not any("collapse-lab.github.io" in p for p in pages)
+
+
+def _readme_links(text:str)->list[str]:
+    "Relative link and picture targets in a markdown text (http(s) links and anchors left out)."
+    found = re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r'src="([^"]+)"', text)
+    return [t.split("#")[0] for t in found if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
+
+def test_readme_is_rendered_from_index_and_its_links_work(tmp_path):
+    "README.md is what `make readme` makes of nbs/index.ipynb, and each picture and link it names exists."
+    r = subprocess.run([str(Path(sys.executable).parent/"jupyter"), "nbconvert", "--to", "markdown", str(NBS/"index.ipynb"),
+                        "--output-dir", str(tmp_path), "--output", "README"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    fresh = re.sub(r'\]\((images|tutorials)/', r'](nbs/\1/', (tmp_path/"README.md").read_text())
+    fresh = re.sub(r'src="(images|tutorials)/', r'src="nbs/\1/', fresh)
+    readme = (ROOT/"README.md").read_text()
+    assert readme == fresh, "README.md is stale: run `make readme`"
+    links = _readme_links(readme)
+    missing = [t for t in links if not (ROOT/t).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
+    for t in links:
+        if t.endswith(".png"): assert (ROOT/t).stat().st_size < 300_000, f"{t} is large for a README picture"
