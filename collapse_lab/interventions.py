@@ -14,6 +14,7 @@ from torch import Tensor
 from safetensors.torch import save_file, safe_open
 
 from .core import check_hook, hook_shape, _model_device
+from .fastpath import fast_applies, fast_forward
 
 # %% auto #0
 __all__ = ['Intervention', 'Steer', 'SubspacePatch', 'Clamp', 'Ablate', 'activations', 'intervene', 'run',
@@ -281,16 +282,16 @@ def activations(
     tokens:Tensor,         # [batch, pos] token ids
     hook:str,              # hook name
     *interventions,        # interventions active during the run
+    fast:bool=True,        # use the bare model (`collapse_lab.fastpath`) where it applies; False: always the bridge
 )->Tensor:
     "The activation at `hook` for `tokens` (detached; no other activation is kept)."
     check_hook(model, hook)
     out = {}
     def keep(act, hook): out["act"] = act.detach()
-    with torch.no_grad(), intervene(model, *interventions):
-        remove = _attach(model, hook, keep)
-        try: model(tokens.to(_model_device(model)))
-        finally: remove()
+    with torch.no_grad():
+        _forward(model, torch.as_tensor(tokens).to(_model_device(model)), _flatten(interventions), [(hook, keep)], fast)
     return out["act"]
+
 
 # %% ../nbs/01_interventions.ipynb #e5cd616a
 def _attach(model, name:str, fn:Callable)->Callable:
@@ -326,17 +327,38 @@ def intervene(
     finally:
         for remove in reversed(removers): remove()
 
+def _fast_ok(ivs, tokens, return_type, kwargs)->bool:
+    "Could this run take the fast path, as far as the run itself goes (the model is checked by `fast_applies`)?"
+    if return_type != "logits" or kwargs or not isinstance(tokens, Tensor) or tokens.is_floating_point(): return False
+    # A SubspacePatch after other interventions takes its source run with them active (as `intervene` does).
+    return not any(isinstance(iv, SubspacePatch) and not iv.source.is_floating_point() for iv in ivs[1:])
+
+def _forward(model, tokens, ivs:list, extra:Sequence=(), fast:bool=True, return_type:str="logits", **kwargs):
+    "One forward pass with `ivs`, then the `extra` (name, fn) hooks, attached: the bare model when it applies, else the bridge."
+    for iv in ivs: iv.validate(model)
+    if fast and _fast_ok(ivs, tokens, return_type, kwargs) and fast_applies(model, [iv.hook for iv in ivs] + [n for n, _ in extra]):
+        return fast_forward(model, tokens, [(iv.hook, iv.make_hook(model)) for iv in ivs] + list(extra))
+    with intervene(model, *ivs):
+        removers = []
+        try:
+            for name, fn in extra: removers.append(_attach(model, name, fn))
+            return model(tokens, return_type=return_type, **kwargs)
+        finally:
+            for remove in reversed(removers): remove()
+
+
 # %% ../nbs/01_interventions.ipynb #6d979f55
 def run(
     model,                       # a TransformerBridge
     tokens,                      # [batch, pos] token ids (or text, tokenised by the model)
     *interventions,              # interventions to apply
     return_type:str="logits",    # passed to the model's forward ("logits", "loss", ...)
+    fast:bool=True,              # use the bare model (`collapse_lab.fastpath`) where it applies; False: always the bridge
     **kwargs,                    # other forward arguments
 ):
     "One forward pass of `model` on `tokens` with `interventions` applied."
-    with intervene(model, *interventions):
-        return model(tokens, return_type=return_type, **kwargs)
+    return _forward(model, tokens, _flatten(interventions), (), fast, return_type, **kwargs)
+
 
 # %% ../nbs/01_interventions.ipynb #42ef6a78
 def previous_token_pattern(
@@ -392,6 +414,7 @@ def sweep(
     *others,                       # other interventions applied at every coefficient
     metric:Callable|None=None,     # f(logits [batch, pos, vocab]) -> value; None keeps the logits
     max_batch:int=256,             # most rows (coefficients x batch) in one forward pass: the memory budget
+    fast:bool=True,                # use the bare model (`collapse_lab.fastpath`) where it applies
 )->SweepResult:
     "Evaluate `intervention` at every coefficient of its `coef` tensor, batched; equal to one `run` per coefficient."
     coefs = getattr(intervention, "coef", None)
@@ -406,7 +429,7 @@ def sweep(
     with torch.no_grad():
         for start in range(0, len(coefs), per):
             chunk = coefs[start:start + per]
-            logits = run(model, tokens.repeat(len(chunk), 1), replace(intervention, coef=chunk), *others)
+            logits = run(model, tokens.repeat(len(chunk), 1), replace(intervention, coef=chunk), *others, fast=fast)
             for c in logits.view(len(chunk), B, *logits.shape[1:]):
                 values.append(metric(c) if metric is not None else c)
     name = "logits" if metric is None else getattr(metric, "__name__", "metric")
