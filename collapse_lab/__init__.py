@@ -3,3 +3,6 @@ from .core import *
 from .interventions import *
 from . import metrics, viz
 from .steering import *
+from .patching import *
+from . import ioi
+from .patching_lab import *
