@@ -3,6 +3,8 @@ from .core import *
 from .interventions import *
 from . import metrics, viz
 from .steering import *
+from .grid import *
+from .bandit import *
 from .patching import *
 from . import ioi
 from .patching_lab import *
