@@ -36,14 +36,16 @@ def _text(x)->str: return "".join(x) if isinstance(x, list) else x
 _DIRECTIVE = re.compile(r"^#\|.*\n?", re.M)
 
 def _link_rewriter(cfg, depth:int):
-    "Rewrite nbdev's absolute doc links (doc_host + doc_baseurl + page.html#name) to this site's API pages."
+    """Rewrite nbdev's absolute doc links (doc_host + doc_baseurl + page.html#name) into links to this site's
+    API notebooks, which Sphinx resolves (and checks) like any other cross-reference."""
     base = (cfg.doc_host.rstrip("/") + "/" + cfg.doc_baseurl.strip("/")).rstrip("/") + "/"
     up = "../" * depth
     def sub(m):
-        page, anchor = m.group(1), m.group(2) or ""
-        anchor = anchor and "#" + re.sub(r"[^a-z0-9]+", "-", anchor[1:].lower()).strip("-")
-        return f"({up}api/{page}.html{anchor})"
-    return lambda s: re.sub(r"\(" + re.escape(base) + r"([\w\-]+)\.html(#[^)\s]*)?\)", sub, s)
+        text, page, anchor = m.group(1), m.group(2), (m.group(3) or "")[1:]
+        if anchor.startswith("_"): return text                # private helpers have no entry: no link
+        anchor = anchor and "#" + re.sub(r"[^\w\- ]", "", anchor.lower()).replace(" ", "-")   # MyST's heading slug
+        return f"{text}({up}api/{page}.ipynb{anchor})"
+    return lambda s: re.sub(r"(\[[^\]]*\])\(" + re.escape(base) + r"([\w\-]+)\.html(#[^)\s]*)?\)", sub, s)
 
 WARNINGS = []
 

@@ -224,3 +224,47 @@ def screenshot(page_or_locator, name:str)->Path:
     p = ARTIFACTS/f"{name}.png"
     page_or_locator.screenshot(path=str(p))
     return p
+
+
+# ---- widgets ----
+
+def run_generated_notebook(page, server:LabServer, name:str, sources:list[str], timeout:float=240)->dict:
+    "Write `sources` as a notebook in the server root, open it, Run All, wait for idle; fail on any error output."
+    write_notebook(server.root/f"{name}.ipynb", sources)
+    open_notebook(page, server, f"{name}.ipynb")
+    run_all(page)
+    st = wait_idle(page, timeout)
+    assert not errors(st), f"{name}: {errors(st)}"
+    assert not unexecuted(st), f"{name}: cells never ran {unexecuted(st)}"
+    return st
+
+JS_PLOT_KEY = """el => [...el.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).map(i => {
+    let h = 5381; const s = i.src; for (let k = 0; k < s.length; k += 7) h = ((h * 33) ^ s.charCodeAt(k)) >>> 0;
+    return s.length + ':' + h; }).join('|')"""
+
+def plot_key(locator)->str:
+    "A fingerprint of the loaded images inside `locator` ('' when none has loaded): changes when a plot is redrawn."
+    return locator.evaluate(JS_PLOT_KEY)
+
+def wait_plot_change(page, locator, old:str, timeout:float=60, settle:float=0.8)->str:
+    """Wait until the images inside `locator` differ from fingerprint `old` (and are loaded), then until they stay
+    the same for `settle` seconds (a redraw queued behind this one lands first); return the new fingerprint."""
+    page.wait_for_function(f"([el, old]) => {{ const k = ({JS_PLOT_KEY})(el); return k !== '' && k !== old; }}",
+                           arg=[locator.element_handle(), old], timeout=timeout*1000)
+    key, t = plot_key(locator), time.time()
+    while time.time() - t < settle:
+        page.wait_for_timeout(100)
+        k = plot_key(locator)
+        if k != key and k: key, t = k, time.time()
+    return key
+
+def wait_text(page, locator, pattern:str, timeout:float=60):
+    "Wait until `locator`'s text matches the regular expression `pattern`."
+    page.wait_for_function("([el, p]) => new RegExp(p).test(el.innerText)", arg=[locator.element_handle(), pattern],
+                           timeout=timeout*1000)
+    return locator.inner_text()
+
+def numbers(text:str)->list[float]:
+    "Every number written in `text`."
+    import re
+    return [float(x) for x in re.findall(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", text)]

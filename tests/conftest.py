@@ -35,7 +35,7 @@ def browser(lab_server):
 
 
 @pytest.fixture
-def lab_page(browser):
+def lab_page(browser, request):
     "A fresh browser page (1400x1000) whose console errors are collected in `page.console_messages`."
     import browser_support as bs
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -43,4 +43,7 @@ def lab_page(browser):
     page.set_default_timeout(60_000)
     page.console_messages = bs.attach_console(page)
     try: yield page
-    finally: ctx.close()
+    finally:
+        try: bs.screenshot(page, f"last_{request.node.name}")   # how the page looked at the end, pass or fail
+        except Exception: pass
+        ctx.close()

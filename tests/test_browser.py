@@ -8,10 +8,12 @@
 
 Run: `COLLAPSE_LAB_QUICK=1 .venv/bin/python -m pytest tests/test_browser.py -q -s` (`-s` shows the timings).
 """
-import os, time
+import os, re, time
 from pathlib import Path
 import pytest
 import browser_support as bs
+try: from playwright.sync_api import expect
+except ImportError: expect = None   # the browser fixtures skip with the reason
 
 TUTORIALS_DIR = bs.NBS/"tutorials"
 # Tutorials this test knows, with the least number of plots each must show. Any other notebook in
@@ -110,3 +112,83 @@ def test_tutorial_runs_in_jupyterlab(name, tutorial_runs):
         assert info["width"] >= 200 and info["colours"] > 4, f"{name}: plot in cell {cell} looks blank: {info}"
     assert res["rendered_images"] >= len(plots), f"{name}: {len(plots)} image outputs but {res['rendered_images']} shown"
     assert not res["console"], f"{name}: browser console errors: {res['console']}"
+
+
+# ---------------------------------------------------------------- widgets
+
+LIB = bs.ROOT/"collapse_lab"
+
+def _need(module:str, cls:str):
+    "Skip (with the reason) while a lab's module does not exist yet."
+    p = LIB/f"{module}.py"
+    if not p.exists() or f"class {cls}" not in p.read_text(): pytest.skip(f"collapse_lab/{module}.py has no {cls} yet")
+
+def _shot(page, locator, name:str):
+    "Screenshot of a widget (its state), under test-artifacts/browser/."
+    locator.scroll_into_view_if_needed()
+    page.wait_for_timeout(200)
+    return bs.screenshot(locator, name)
+
+_SETUP = "import torch; torch.set_num_threads(1)\nimport matplotlib; matplotlib.rcParams['figure.dpi'] = 80"
+
+def test_patching_lab(lab_server, lab_page):
+    "PatchingLab: heat-map numbers render; clicking a cell, changing the dropdowns and training DAS update status and bars."
+    _need("patching_lab", "PatchingLab")
+    page = lab_page
+    bs.run_generated_notebook(page, lab_server, "_patching_lab", [_SETUP,
+        "from collapse_lab.ioi import train_ioi, ioi_pairs, decode, HELDOUT_TEMPLATES\n"
+        "from collapse_lab.patching_lab import PatchingLab\n"
+        "model, _ = train_ioi(steps=80, progress=False)\n"
+        "pairs = ioi_pairs(16, HELDOUT_TEMPLATES, seed=1)",
+        "lab = PatchingLab(model, pairs.base.tokens, pairs.source.tokens, pairs.answer, pairs.counterfactual,\n"
+        "                  labels=pairs.base.order, decode=decode, das_steps=20)\nlab"])
+    root = page.locator(".cl-patching-lab").first
+    root.wait_for(state="visible")
+    bars, status, error = (root.locator(f".cl-patching-{c}").first for c in ("bars", "status", "error"))
+    page.wait_for_function(f"el => ({bs.JS_PLOT_KEY})(el) !== ''", arg=bars.element_handle())
+    # the heat map: one number per (layer, position), not all the same
+    cells = root.locator(".cl-patching-cell")
+    heat = [bs.numbers(t) for t in cells.all_inner_texts()]
+    assert cells.count() >= 4 and all(len(h) == 1 for h in heat), heat
+    assert len({h[0] for h in heat}) > 1, f"heat map shows one value everywhere: {heat}"
+    _shot(page, root, "patching_lab_1_initial")
+    key, text0 = bs.plot_key(bars), status.inner_text()
+    # click heat-map cell (layer 0, position 3): the site changes in the status, the dropdowns and the bars
+    target = root.locator(".cl-patching-cell-0-3").first
+    target.click()
+    bs.wait_text(page, status, r"position 3\b")
+    key = bs.wait_plot_change(page, bars, key)
+    expect(target).to_have_class(re.compile(r"\bcl-patching-cell-selected\b"))
+    expect(root.locator(".cl-patching-cell-selected")).to_have_count(1)
+    assert root.locator(".cl-patching-position select").first.input_value() is not None
+    assert status.inner_text() != text0
+    _shot(page, root, "patching_lab_2_cell_0_3")
+    # the subspace dropdown: mean difference is a rank-1 subspace
+    root.locator(".cl-patching-subspace select").first.select_option(label="mean difference")
+    bs.wait_text(page, status, r"mean difference.*rank 1")
+    key = bs.wait_plot_change(page, bars, key)
+    # the hook dropdown: the heat map is recomputed for the MLP hidden layer, and the component dropdown splits
+    # the direction there into W_out's rowspace and nullspace
+    root.locator(".cl-patching-hook select").first.select_option(label="mlp_post")
+    bs.wait_text(page, status, r"blocks\.0\.mlp\.hook_post")
+    heat2 = [bs.numbers(t) for t in cells.all_inner_texts()]
+    assert heat2 != heat, "heat map did not change with the hook"
+    key = bs.wait_plot_change(page, bars, key)
+    root.locator(".cl-patching-component select").first.select_option(label="nullspace")
+    bs.wait_text(page, status, r"nullspace")
+    key = bs.wait_plot_change(page, bars, key)
+    assert error.inner_text().strip() == "", error.inner_text()
+    _shot(page, root, "patching_lab_3_mlp_mean_difference_nullspace")
+    # DAS needs training first: the panel says so, the button trains it
+    root.locator(".cl-patching-component select").first.select_option(label="whole")
+    root.locator(".cl-patching-hook select").first.select_option(label="resid_pre")
+    bs.wait_text(page, status, r"hook_resid_pre.*whole")
+    key = bs.wait_plot_change(page, bars, key)
+    root.locator(".cl-patching-subspace select").first.select_option(label="DAS")
+    bs.wait_text(page, error, r"train DAS")
+    root.locator(".cl-patching-train").first.click()
+    bs.wait_text(page, status, r"DAS.*rank \d+", timeout=120)
+    key = bs.wait_plot_change(page, bars, key)
+    assert error.inner_text().strip() == ""
+    _shot(page, root, "patching_lab_4_das")
+    assert not bs.console_errors(page.console_messages), page.console_messages
