@@ -62,7 +62,7 @@ def test_das_full_rank_equals_full_patch_and_learns(trained):
     hook = "blocks.0.mlp.hook_post"
     res = das(model, p.base.tokens, p.source.tokens, hook, positions=[S2_POS], answers=p.counterfactual,
               steps=40, lr=3e-2, progress=False)
-    assert res.losses[-1] < res.losses[0] - 0.1                 # gradients flow through the patched activation
+    assert sum(res.losses[-10:]) / 10 < sum(res.losses[:5]) / 5 - 0.1   # gradients flow through the patched activation
     torch.testing.assert_close(res.basis @ res.basis.T, torch.eye(1), atol=1e-5, rtol=0)
     # the evaluation patch (SubspacePatch) gives the same loss DAS saw at the end (same formula)
     lg = patched_logits(model, p.base.tokens, p.source.tokens, hook, res.basis, [S2_POS])
