@@ -48,8 +48,18 @@ def _head_axis(hook:str)->int|None:
     if hook.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")): return 2
     return None
 
+_SITES = {}   # (shape, device, hook, positions, heads) -> index tuple: a hook firing every step builds it once
+
 def _site(act:Tensor, hook:str, positions=None, heads=None)->tuple:
     "Index tuple selecting `heads` and `positions` of `act` (all when None), batch kept."
+    norm = lambda ix: None if ix is None else (int(ix),) if isinstance(ix, int) else tuple(int(i) for i in ix)
+    key = (tuple(act.shape), act.device, hook, norm(positions), norm(heads))
+    if key not in _SITES:
+        if len(_SITES) > 4096: _SITES.clear()
+        _SITES[key] = _make_site(act, hook, positions, heads)
+    return _SITES[key]
+
+def _make_site(act:Tensor, hook:str, positions=None, heads=None)->tuple:
     ix = [slice(None)] * act.ndim
     chosen = {}
     if positions is not None: chosen[_pos_axis(hook)] = _indices(positions, act.shape[_pos_axis(hook)], "positions", hook)
@@ -406,6 +416,18 @@ class SweepResult:
         if all(isinstance(v, Tensor) and v.numel() == 1 for v in self.values): return self.to_frame()._repr_html_()
         return f"<code>{self!r}</code>"
 
+# %% ../nbs/01_interventions.ipynb #5c0e7a91
+_CPU_LOGITS_BYTES = 4 * 2**20    # on CPU, passes with more logits than this gained little or ran slower
+
+def _auto_max_batch(model, tokens:Tensor)->int:
+    "Rows per `sweep` pass: 256 on an accelerator; on CPU, as many as keep the logits within `_CPU_LOGITS_BYTES`."
+    if tokens.device.type != "cpu": return 256
+    vocab = getattr(model.cfg, "d_vocab_out", -1)
+    vocab = vocab if vocab and vocab > 0 else model.cfg.d_vocab
+    row = tokens.shape[-1] * vocab * 4
+    return max(tokens.shape[0], min(256, _CPU_LOGITS_BYTES // row))
+
+
 # %% ../nbs/01_interventions.ipynb #d7866078
 def sweep(
     model,                         # a TransformerBridge
@@ -413,7 +435,7 @@ def sweep(
     intervention:Intervention,     # an intervention whose `coef` is a 1-D tensor of coefficients
     *others,                       # other interventions applied at every coefficient
     metric:Callable|None=None,     # f(logits [batch, pos, vocab]) -> value; None keeps the logits
-    max_batch:int=256,             # most rows (coefficients x batch) in one forward pass: the memory budget
+    max_batch:int|None=None,       # most rows (coefficients x batch) in one pass, the memory budget; None: automatic
     fast:bool=True,                # use the bare model (`collapse_lab.fastpath`) where it applies
 )->SweepResult:
     "Evaluate `intervention` at every coefficient of its `coef` tensor, batched; equal to one `run` per coefficient."
@@ -421,10 +443,10 @@ def sweep(
     if not isinstance(coefs, Tensor) or coefs.ndim != 1 or coefs.numel() == 0:
         raise ValueError(f"sweep needs an intervention whose coef is a non-empty 1-D tensor, got coef={coefs!r}; "
                          "e.g. Steer(hook, v, coef=torch.linspace(-8, 8, 17)).")
-    if max_batch < 1: raise ValueError(f"max_batch={max_batch} must be at least 1.")
+    if max_batch is not None and max_batch < 1: raise ValueError(f"max_batch={max_batch} must be at least 1.")
     tokens = torch.as_tensor(tokens).to(_model_device(model))
     B = tokens.shape[0]
-    per = max(1, max_batch // B)
+    per = max(1, (max_batch or _auto_max_batch(model, tokens)) // B)
     values = []
     with torch.no_grad():
         for start in range(0, len(coefs), per):

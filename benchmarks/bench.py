@@ -1,0 +1,314 @@
+"""Intervention benchmarks: forward passes with one Steer / SubspacePatch against the bare HF forward, batched sweeps,
+training with a clamp, SteeringLab updates and east_vector memory.
+
+Every figure is the median of repeated runs in one process; the variants compared in one table are interleaved
+(A, B, C, A, B, C, ... with the order rotated each round), so drift of the machine hits them alike.
+
+    python benchmarks/bench.py                  # CPU set (what `make bench` runs)
+    python benchmarks/bench.py --set gpu        # GPT-2 small and Pythia-1.4B shapes, bf16, batch 32 x 128, on CUDA
+    python benchmarks/bench.py --only forward,sweep --reps 5
+"""
+from __future__ import annotations
+import argparse, gc, json, os, platform, statistics, sys, time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import collapse_lab as cl
+from collapse_lab import fastpath
+
+RESULTS = []   # (section, name, value, unit, note)
+
+
+def record(section, name, value, unit, note=""):
+    RESULTS.append(dict(section=section, name=name, value=value, unit=unit, note=note))
+    print(f"  {name:<58} {value:>10.3f} {unit:<4} {note}", flush=True)
+
+
+def sync(device):
+    if device.type == "cuda": torch.cuda.synchronize(device)
+
+
+def bench(fns:dict, device, reps:int, warmup:int=2)->dict:
+    "Median seconds of each callable, A/B interleaved with the order rotated every round."
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names: fns[n]()
+    sync(device)
+    times = {n: [] for n in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            sync(device); t0 = time.perf_counter()
+            fns[n]()
+            sync(device); times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------- models
+SHAPES = {
+    # name: (arch, HF config kwargs)
+    "cpu-small": ("gpt2", dict(n_layer=4, n_embd=256, n_head=8, vocab_size=4096, n_positions=256)),
+    "cpu-small-neox": ("gpt_neox", dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=8, intermediate_size=1024,
+                                        vocab_size=4096, max_position_embeddings=256, rotary_pct=0.25)),
+    "gpt2-small": ("gpt2", dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)),
+    "pythia-1.4b": ("gpt_neox", dict(num_hidden_layers=24, hidden_size=2048, num_attention_heads=16, intermediate_size=8192,
+                                     vocab_size=50304, max_position_embeddings=2048, rotary_pct=0.25,
+                                     use_parallel_residual=True)),
+}
+CLASSES = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM")}
+
+
+def build(shape:str, device, dtype):
+    """Random weights of `shape` from a transformers config (no download): the bare HF model (HF's default attention,
+    SDPA) and a TransformerBridge around a second model with the same weights."""
+    import transformers
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+    arch, kw = SHAPES[shape]
+    cfg_cls, model_cls = (getattr(transformers, c) for c in CLASSES[arch])
+    torch.manual_seed(0)
+    cfg = cfg_cls(**kw)
+    with torch.device(device):   # initialise on the device: a 1.4B model initialises in seconds on a GPU
+        hf = model_cls(cfg).to(dtype=dtype).eval()
+        twin = model_cls(cfg_cls(**kw)).to(dtype=dtype).eval()
+    twin.load_state_dict(hf.state_dict())
+    bridge = build_bridge_from_module(twin, model_cls.__name__, hf_config=twin.config).eval()
+    return hf, bridge, cfg
+
+
+def blocks_of(hf):
+    return hf.transformer.h if hasattr(hf, "transformer") else hf.gpt_neox.layers
+
+
+# ---------------------------------------------------------------------------------------------- forward
+def forward_set(shape, device, dtype, batch, seq, reps):
+    print(f"\n[forward] {shape}  {str(dtype).removeprefix('torch.')}  batch {batch} x {seq}  on {device}", flush=True)
+    hf, model, cfg = build(shape, device, dtype)
+    d, L = model.cfg.d_model, model.cfg.n_layers
+    layer = L // 2
+    hook = f"blocks.{layer}.hook_resid_post"
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g).to(device)
+    v = torch.randn(d, generator=g).to(device)
+    steer = cl.Steer(hook, v, coef=4.0)
+    src = cl.activations(model, torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g).to(device), hook)
+    patch = cl.SubspacePatch(hook, torch.randn(8, d, generator=g), src)
+    vd = v.to(dtype)
+
+    def add(mod, args, out):
+        return (out[0] + 4.0 * vd,) + tuple(out[1:]) if isinstance(out, tuple) else out + 4.0 * vd
+
+    def hf_plain(): return hf(input_ids=tokens, use_cache=False).logits
+    def hf_hooked():
+        h = blocks_of(hf)[layer].register_forward_hook(add)
+        try: return hf(input_ids=tokens, use_cache=False).logits
+        finally: h.remove()
+
+    fns = {
+        "bare HF forward": hf_plain,
+        "bare HF + plain torch steering hook": hf_hooked,
+        "bridge forward, no hooks": lambda: model(tokens),
+        "bridge + Steer (run, fast=False)": lambda: cl.run(model, tokens, steer, fast=False),
+        "bridge run_with_cache of one hook": lambda: model.run_with_cache(tokens, names_filter=hook),
+        "collapse_lab run + Steer (fast path)": lambda: cl.run(model, tokens, steer),
+        "bridge + SubspacePatch (fast=False)": lambda: cl.run(model, tokens, patch, fast=False),
+        "collapse_lab run + SubspacePatch (fast path)": lambda: cl.run(model, tokens, patch),
+        "collapse_lab activations of one hook (fast path)": lambda: cl.activations(model, tokens, hook),
+    }
+    with torch.no_grad():
+        # the fast path and the plain hook compute the same thing as the bridge
+        a, b = cl.run(model, tokens, steer).float(), cl.run(model, tokens, steer, fast=False).float()
+        err = ((a - b).norm() / b.norm()).item()
+        hooked = hf_hooked().float()
+        err_hf = ((a - hooked).norm() / hooked.norm()).item()
+        t = bench(fns, device, reps)
+    base = t["bare HF forward"]
+    record(f"forward {shape}", "bare HF forward", base * 1e3, "ms")
+    for n, s in t.items():
+        if n != "bare HF forward": record(f"forward {shape}", n, s / base, "x", f"({s*1e3:.2f} ms)")
+    record(f"forward {shape}", "rel. error fast vs bridge logits (Steer)", err, "")
+    record(f"forward {shape}", "rel. error fast vs plain HF hook logits", err_hf, "")
+    del hf, model, src; gc.collect()
+    if device.type == "cuda": torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+def entropy_last(logits):
+    return torch.distributions.Categorical(logits=logits[:, -1].float()).entropy().mean()
+
+
+def sweep_set(shape, device, dtype, batch, seq, reps, n_coef=16):
+    print(f"\n[sweep] {shape}  {n_coef} coefficients  batch {batch} x {seq}  on {device}", flush=True)
+    if shape == "tiny-native":   # the tutorials' kind of model: tiny, where per-pass overhead dominates
+        model = cl.tiny_model(n_layers=2, d_model=64, n_heads=8, d_vocab=64, n_ctx=seq, device=str(device))
+    else:
+        hf, model, cfg = build(shape, device, dtype)
+        del hf
+    d = model.cfg.d_model
+    hook = f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=g).to(device)
+    v = torch.randn(d, generator=g)
+    coefs = torch.linspace(-8, 8, n_coef)
+    steer = cl.Steer(hook, v, coef=coefs)
+
+    def separate(fast=True):
+        return [entropy_last(cl.run(model, tokens, cl.Steer(hook, v, coef=float(c)), fast=fast)) for c in coefs]
+    fns = {"16 separate passes (fast path)": separate,
+           "sweep, one batched pass (max_batch=16*batch)": lambda: cl.sweep(model, tokens, steer, metric=entropy_last,
+                                                                             max_batch=n_coef * batch),
+           "sweep, default max_batch": lambda: cl.sweep(model, tokens, steer, metric=entropy_last),
+           "sweep, chunks of 4 coefficients": lambda: cl.sweep(model, tokens, steer, metric=entropy_last, max_batch=4 * batch)}
+    with torch.no_grad():
+        one = torch.stack(separate()).float()
+        batched = cl.sweep(model, tokens, steer, metric=entropy_last, max_batch=n_coef * batch).stacked().float()
+        err = (one - batched).abs().max().item()
+        t = bench(fns, device, reps, warmup=1)
+    sep = t["16 separate passes (fast path)"]
+    record(f"sweep {shape}", "16 separate passes", sep * 1e3, "ms")
+    for n, s in t.items():
+        if n != "16 separate passes (fast path)":
+            record(f"sweep {shape}", f"speed-up of {n}", sep / s, "x", f"({s*1e3:.1f} ms)")
+    record(f"sweep {shape}", "max |entropy difference| batched vs separate", err, "nats")
+    if device.type == "cuda":
+        for mb in (4 * batch, n_coef * batch):
+            torch.cuda.reset_peak_memory_stats(device); base = torch.cuda.memory_allocated(device)
+            with torch.no_grad(): cl.sweep(model, tokens, steer, metric=entropy_last, max_batch=mb)
+            record(f"sweep {shape}", f"peak extra GPU memory, max_batch={mb}", (torch.cuda.max_memory_allocated(device) - base) / 2**20, "MiB")
+    del model; gc.collect()
+    if device.type == "cuda": torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train_set(device, reps, batch=32, seq=32):
+    print(f"\n[train] attention-only tiny model, clamp on blocks.0.attn.hook_pattern head 2, batch {batch} x {seq} on {device}", flush=True)
+    model = cl.tiny_model(n_layers=2, d_model=64, n_heads=8, d_vocab=64, n_ctx=seq, attn_only=True, device=str(device)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, 64, (batch, seq), generator=g).to(device)
+    clamp = cl.Clamp("blocks.0.attn.hook_pattern", cl.previous_token_pattern(seq), heads=[2])
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(tokens, return_type="loss")
+        loss.backward()
+        opt.step()
+
+    def step_clamped():
+        with cl.intervene(model, clamp): step()
+
+    with cl.intervene(model, clamp):
+        def step_in_context(): step()
+        t = bench({"plain step": step, "step inside intervene (context entered once)": step_in_context}, device, reps)
+    t.update(bench({"plain step": step, "step with intervene entered per step": step_clamped}, device, reps))
+    base = t["plain step"]
+    record("train clamp", "plain training step", base * 1e3, "ms")
+    record("train clamp", "clamped step / plain (context entered once)", t["step inside intervene (context entered once)"] / base, "x")
+    record("train clamp", "clamped step / plain (intervene per step)", t["step with intervene entered per step"] / base, "x")
+
+
+# ---------------------------------------------------------------------------------------------- widgets
+def steering_lab_set(device, reps):
+    "SteeringLab update: slider value -> recomputed distribution, timed in Python (skipped if the widget is missing)."
+    try:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from widget_probe import probe_labs
+    except ImportError as e:
+        print(f"\n[steering lab] skipped: {e}"); return
+    for name, update, note in probe_labs(device):
+        print(f"\n[{name}] update callback on {device} {note}", flush=True)
+        if update is None: print("  skipped:", note); continue
+        values = iter(range(10**9))
+        t = bench({"update": lambda: update(next(values))}, device, reps, warmup=2)
+        record(f"widget {name}", "update callback (slider -> recomputed view)", t["update"] * 1e3, "ms", note)
+
+
+# ---------------------------------------------------------------------------------------------- east_vector
+EAST_CHILD = r"""
+import resource, sys, torch, json
+sys.path.insert(0, {root!r})
+import collapse_lab as cl
+from collapse_lab.steering import east_vector
+dev = torch.device({device!r})
+n = {n}
+model = cl.tiny_model(n_layers=2, d_model=256, n_heads=8, d_vocab=512, n_ctx=32, device=str(dev))
+g = torch.Generator().manual_seed(0)
+prompts = torch.randint(0, 512, (n, 24), generator=g)
+H = torch.rand(n, generator=g)
+east_vector(model, prompts[:64], H[:64], "blocks.1.hook_resid_post", progress=False)   # warm
+if dev.type == "cuda": torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); gpu0 = torch.cuda.memory_allocated()
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+east_vector(model, prompts, H, "blocks.1.hook_resid_post", batch_size=64, progress=False)
+rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+gpu = (torch.cuda.max_memory_allocated() - gpu0) if dev.type == "cuda" else 0
+print(json.dumps(dict(rss_kib=rss1 - rss0, gpu_bytes=gpu)))
+"""
+
+
+def east_set(device):
+    print(f"\n[east_vector] peak memory over 1,000 and 10,000 prompts (d_model 256, 24 tokens) on {device}", flush=True)
+    try: import collapse_lab.steering  # noqa
+    except ImportError as e: print("  skipped:", e); return
+    import subprocess
+    out = {}
+    for n in (1000, 10000):
+        code = EAST_CHILD.format(root=str(Path(__file__).resolve().parents[1]), device=str(device), n=n)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        if r.returncode: print("  failed:", r.stderr[-600:]); return
+        out[n] = json.loads(r.stdout.strip().splitlines()[-1])
+        record("east_vector", f"peak RSS increase, {n} prompts", out[n]["rss_kib"] / 1024, "MiB")
+        if device.type == "cuda": record("east_vector", f"peak extra GPU memory, {n} prompts", out[n]["gpu_bytes"] / 2**20, "MiB")
+    per_vec = 9000 * 256 * 4 / 2**20
+    record("east_vector", "RSS growth 1k -> 10k prompts", (out[10000]["rss_kib"] - out[1000]["rss_kib"]) / 1024, "MiB",
+           f"(9,000 more float32 vectors of 256 = {per_vec:.1f} MiB)")
+
+
+# ---------------------------------------------------------------------------------------------- main
+def versions():
+    import transformers, transformer_lens
+    v = dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+             transformer_lens=__import__("importlib.metadata").metadata.version("transformer-lens"), machine=platform.machine(),
+             threads=torch.get_num_threads())
+    if torch.cuda.is_available(): v["gpu"] = torch.cuda.get_device_name(0)
+    return v
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--device", default=None, help="default: cpu for --set cpu, cuda for --set gpu (cpu if none)")
+    p.add_argument("--only", default="forward,sweep,train,widgets,east", help="comma-separated sections")
+    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--json", default=None, help="write all figures here")
+    a = p.parse_args(argv)
+    only = set(a.only.split(","))
+    if a.set == "gpu":
+        device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        shapes, batch, seq, reps = ["gpt2-small", "pythia-1.4b"], 32, 128, a.reps or 20
+        if device.type != "cuda":
+            print("no CUDA device: running the GPU set's code path on CPU with small shapes (a dry run, not GPU figures)")
+            shapes, batch, seq, reps = ["cpu-small", "cpu-small-neox"], 4, 32, a.reps or 3
+    else:
+        device, dtype = torch.device(a.device or "cpu"), torch.float32
+        shapes, batch, seq, reps = ["cpu-small", "cpu-small-neox"], 8, 64, a.reps or 15
+    info = versions() | dict(set=a.set, device=str(device), dtype=str(dtype), batch=batch, seq=seq, reps=reps,
+                             date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    print("collapse_lab benchmarks:", json.dumps(info), flush=True)
+    t0 = time.time()
+    if "forward" in only:
+        for s in shapes: forward_set(s, device, dtype, batch, seq, reps)
+    if "sweep" in only:
+        for s in (["tiny-native"] if device.type == "cpu" else []) + shapes:
+            sweep_set(s, device, dtype, batch, seq, max(3, reps // 3))
+    if "train" in only: train_set(device, reps)
+    if "widgets" in only: steering_lab_set(device, reps)
+    if "east" in only: east_set(device)
+    print(f"\nall benchmarks took {time.time() - t0:.0f} s", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(dict(info=info, results=RESULTS), indent=1))
+
+
+if __name__ == "__main__":
+    main()
