@@ -19,6 +19,15 @@ JUPYTER = Path(sys.executable).parent/"jupyter"
 # answers 404/403 for by design (the lab asks for optional resources such as a favicon or a workspace).
 BENIGN_CONSOLE = ()
 
+REPORT:list[str] = []   # timings and measurements, printed at the end of the pytest run (conftest.py)
+
+def report(line:str):
+    "Record a measurement for the end-of-run summary (and test-artifacts/browser/report.txt)."
+    REPORT.append(line)
+    print(f"\n[browser] {line}", flush=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with open(ARTIFACTS/"report.txt", "a") as f: f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
 def missing_browser_deps()->str|None:
     "Why browser tests cannot run here (None when they can)."
     if not Path(CHROMIUM).exists(): return f"{CHROMIUM} is missing (apt-get install -y chromium chromium-driver; `make test` does it)"
@@ -268,3 +277,37 @@ def numbers(text:str)->list[float]:
     "Every number written in `text`."
     import re
     return [float(x) for x in re.findall(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", text)]
+
+def drag(page, handle, dx:float, steps:int=12):
+    "Drag `handle` (a locator) horizontally by `dx` pixels with the mouse, in `steps` moves, and release it."
+    box = handle.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y); page.mouse.down()
+    for i in range(1, steps + 1):
+        page.mouse.move(x + dx * i / steps, y)
+        page.wait_for_timeout(15)
+    page.mouse.up()
+
+# Installed before a drag: at the pointer's release, note the time and the slider's readout, then note the time
+# at which the lab's status shows that value with a redrawn plot.
+JS_ARM_LATENCY = """([root, sel]) => {
+  const plot = root.querySelector(sel.plot), status = root.querySelector(sel.status);
+  const readout = root.querySelector(sel.readout);
+  const w = window.__clLatency = {before: plot.innerHTML};
+  document.addEventListener('pointerup', () => {
+    w.up = performance.now(); w.target = readout.textContent.trim().replace('\u2212', '-');   // d3-format writes U+2212
+    const done = () => status.textContent.includes(sel.prefix + w.target) && plot.innerHTML !== w.before;
+    if (done()) { w.plot = w.up; return; }
+    const obs = new MutationObserver(() => { if (done()) { w.plot = performance.now(); obs.disconnect(); } });
+    obs.observe(root, {subtree: true, childList: true, characterData: true, attributes: true});
+  }, {capture: true, once: true});
+}"""
+
+def slider_latency(page, root, dx:float, sel:dict, timeout:float=60)->tuple[float, str]:
+    """Drag the slider in `root` by `dx` px; return (ms from releasing it to the plot redrawn for the released
+    value, that value as the readout shows it), measured in the browser with `performance.now()`."""
+    page.evaluate(JS_ARM_LATENCY, [root.element_handle(), sel])
+    drag(page, root.locator(sel["handle"]).first, dx)
+    page.wait_for_function("() => window.__clLatency && window.__clLatency.plot !== undefined", timeout=timeout*1000)
+    w = page.evaluate("() => window.__clLatency")
+    return w["plot"] - w["up"], w["target"]

@@ -47,3 +47,11 @@ def lab_page(browser, request):
         try: bs.screenshot(page, f"last_{request.node.name}")   # how the page looked at the end, pass or fail
         except Exception: pass
         ctx.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    "Print what the browser tests measured (tutorial run times, slider-to-plot latency), even without -s."
+    bs = sys.modules.get("browser_support")
+    if bs is not None and bs.REPORT:
+        terminalreporter.section("browser measurements")
+        for line in bs.REPORT: terminalreporter.write_line(line)
