@@ -163,6 +163,36 @@ def test_cancelled_grid_resumes(tmp_path):
     assert calls(log) == [0, 1, 2, 3, 4]
 
 
+def sleepy(i, log):
+    "Logs its pid when it starts; points from 2 on take long enough to be interrupted."
+    with open(log, "a") as f: f.write(f"{i} {os.getpid()}\n")
+    time.sleep(3 if i >= 2 else 0.1)
+    return {"i": i}
+
+
+def test_local_grid_interrupted_stops_workers_and_resumes(tmp_path):
+    "Ctrl-C (SIGINT) in the process running a local grid: workers are stopped at once, finished points kept."
+    log, folder = tmp_path/"calls.log", tmp_path/"results"
+    grid = {"i": list(range(4)), "log": [str(log)]}
+    def interrupt():
+        while len(log.read_text().splitlines() if log.exists() else []) < 4: time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+    import threading
+    threading.Thread(target=interrupt, daemon=True).start()
+    t = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(sleepy, grid, backend="local", max_parallel=2, results_dir=folder, progress=False)
+    assert time.time() - t < 30
+    started = [l.split() for l in log.read_text().splitlines()]
+    deadline = time.time() + 5
+    while any(_running(int(pid)) for _, pid in started) and time.time() < deadline: time.sleep(0.1)
+    assert not any(_running(int(pid)) for _, pid in started), "workers survived the interrupt"
+    assert sorted(p.stem for p in folder.glob("*.json")) == sorted(point_key(dict(i=i, log=str(log))) for i in (0, 1))
+    df = run_grid(sleepy, grid, backend="serial", results_dir=folder, progress=False)
+    assert_complete(df, folder, 4)
+    assert [int(i) for i, _ in (l.split() for l in log.read_text().splitlines())].count(0) == 1
+
+
 def test_gpus_requested_without_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(ValueError, match="0 GPU"):
