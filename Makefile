@@ -53,3 +53,8 @@ readme: setup
 # The docs site: nbdev_docs where Quarto is installed, else Sphinx + myst-nb offline (docs/build.py -> _docs/).
 docs: setup
 	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; else $(PY) docs/build.py; fi
+
+# CPU benchmarks (figures and ratios, medians of interleaved repeats); the GPU set: bash benchmarks/gpu_check.sh
+.PHONY: bench
+bench: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench.py --set cpu
