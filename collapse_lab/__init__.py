@@ -8,3 +8,5 @@ from .bandit import *
 from .patching import *
 from . import ioi
 from .patching_lab import *
+from .training import *
+from .icl import *
