@@ -10,3 +10,4 @@ from . import ioi
 from .patching_lab import *
 from .training import *
 from .icl import *
+from .clamping_lab import *
