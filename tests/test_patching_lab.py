@@ -97,3 +97,14 @@ def test_bad_construction(lab):
     lab, p = lab
     with pytest.raises(ValueError, match="kinds"):
         PatchingLab(lab.model, p.base.tokens, p.source.tokens, p.answer, p.counterfactual, kinds=("resid",))
+
+def test_saved_subspace_from_file(lab, tmp_path):
+    lab, p = lab
+    from collapse_lab.patching import save_subspace
+    B = torch.linalg.qr(torch.randn(64, 2)).Q.T.contiguous()
+    path = save_subspace(tmp_path / "b.safetensors", B, hook="blocks.0.hook_resid_post")
+    lab2 = PatchingLab(lab.model, p.base.tokens, p.source.tokens, p.answer, p.counterfactual, saved={"file": path},
+                       kinds=("resid_post",))
+    lab2.select(0, S2_POS); lab2.subspace.value = "saved: file"
+    assert lab2.error.value == "" and lab2.result["rank"] == 2
+    assert abs(lab2.result["subspace"] - _ld(lab2, p, 0, B, "blocks.0.hook_resid_post", S2_POS)) < 1e-4
