@@ -210,39 +210,52 @@ def train_set(device, reps, batch=32, seq=32):
 
 # ---------------------------------------------------------------------------------------------- widgets
 def steering_lab_set(device, reps):
-    "SteeringLab update: slider value -> recomputed distribution, timed in Python (skipped if the widget is missing)."
+    """SteeringLab update (slider value -> recomputed distribution and redrawn panel), timed in Python, on the agent the
+    EAST tutorial trains (`train_agent` defaults: 3 layers, d_model 64; k=5 arms, horizon 30; trained briefly here,
+    the weights do not change the cost). Skipped when the widget module is missing."""
     try:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from widget_probe import probe_labs
+        from collapse_lab.steering_lab import SteeringLab
+        from collapse_lab.bandit import Bandits, train_agent
     except ImportError as e:
         print(f"\n[steering lab] skipped: {e}"); return
-    for name, update, note in probe_labs(device):
-        print(f"\n[{name}] update callback on {device} {note}", flush=True)
-        if update is None: print("  skipped:", note); continue
-        values = iter(range(10**9))
-        t = bench({"update": lambda: update(next(values))}, device, reps, warmup=2)
-        record(f"widget {name}", "update callback (slider -> recomputed view)", t["update"] * 1e3, "ms", note)
+    print(f"\n[steering lab] update callback, the EAST tutorial's agent, on {device}", flush=True)
+    agent, _ = train_agent(k=5, horizon=30, steps=3, batch=8, seed=0, progress=False)
+    agent = agent.to(device)
+    lab = SteeringLab(agent, "blocks.1.hook_resid_post", torch.randn(agent.cfg.d_model), Bandits(4, 5, 30, seed=0))
+    vals = iter([(-1) ** i * (1 + (i % 80) * 0.1) for i in range(100_000)])   # every value a new slider step
+    def slide(): lab.coef.value = next(vals)
+    n0 = len(lab.timings)
+    t = bench({"slider change": slide}, device, reps)
+    record("widget SteeringLab", "slider change -> recomputed distribution + redraw", t["slider change"] * 1e3, "ms")
+    inner = lab.timings[n0:]
+    record("widget SteeringLab", "its own timing: change -> distribution (median)", statistics.median(inner) * 1e3, "ms")
+    assert lab.error.value == "", lab.error.value
 
 
 # ---------------------------------------------------------------------------------------------- east_vector
 EAST_CHILD = r"""
-import resource, sys, torch, json
+import os, sys, threading, time, torch, json
 sys.path.insert(0, {root!r})
 import collapse_lab as cl
 from collapse_lab.steering import east_vector
 dev = torch.device({device!r})
 n = {n}
+PAGE = os.sysconf("SC_PAGE_SIZE")
+def rss(): return int(open("/proc/self/statm").read().split()[1]) * PAGE
 model = cl.tiny_model(n_layers=2, d_model=256, n_heads=8, d_vocab=512, n_ctx=32, device=str(dev))
 g = torch.Generator().manual_seed(0)
 prompts = torch.randint(0, 512, (n, 24), generator=g)
 H = torch.rand(n, generator=g)
 east_vector(model, prompts[:64], H[:64], "blocks.1.hook_resid_post", progress=False)   # warm
 if dev.type == "cuda": torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); gpu0 = torch.cuda.memory_allocated()
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak, done = [rss()], False
+def sample():
+    while not done: peak[0] = max(peak[0], rss()); time.sleep(0.001)
+th = threading.Thread(target=sample); base = rss(); th.start()
 east_vector(model, prompts, H, "blocks.1.hook_resid_post", batch_size=64, progress=False)
-rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+done = True; th.join()
 gpu = (torch.cuda.max_memory_allocated() - gpu0) if dev.type == "cuda" else 0
-print(json.dumps(dict(rss_kib=rss1 - rss0, gpu_bytes=gpu)))
+print(json.dumps(dict(rss_bytes=peak[0] - base, gpu_bytes=gpu)))
 """
 
 
@@ -257,10 +270,10 @@ def east_set(device):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         if r.returncode: print("  failed:", r.stderr[-600:]); return
         out[n] = json.loads(r.stdout.strip().splitlines()[-1])
-        record("east_vector", f"peak RSS increase, {n} prompts", out[n]["rss_kib"] / 1024, "MiB")
+        record("east_vector", f"peak RSS above the start of the call, {n} prompts", out[n]["rss_bytes"] / 2**20, "MiB")
         if device.type == "cuda": record("east_vector", f"peak extra GPU memory, {n} prompts", out[n]["gpu_bytes"] / 2**20, "MiB")
     per_vec = 9000 * 256 * 4 / 2**20
-    record("east_vector", "RSS growth 1k -> 10k prompts", (out[10000]["rss_kib"] - out[1000]["rss_kib"]) / 1024, "MiB",
+    record("east_vector", "peak RSS growth 1k -> 10k prompts", (out[10000]["rss_bytes"] - out[1000]["rss_bytes"]) / 2**20, "MiB",
            f"(9,000 more float32 vectors of 256 = {per_vec:.1f} MiB)")
 
 

@@ -37,6 +37,22 @@ def _indices(idx:Sequence[int]|int|None, size:int, what:str, hook:str)->list[int
     if bad: raise ValueError(f"{what} {bad} out of range for {hook}: it has {size} (valid: {-size}..{size-1}).")
     return [i % size for i in idx]
 
+_GATED = ("hook_result", "_input", "hook_mlp_in", "hook_attn_in")   # hook points a model flag can switch off
+
+def _check_hook(model, name:str)->str:
+    "`check_hook`, remembered per model for names no model flag can switch off (its `hook_dict` is rebuilt per access)."
+    ok = model.__dict__.setdefault("_collapse_lab_checked", set())
+    if name not in ok:
+        check_hook(model, name)
+        if not name.endswith(_GATED): ok.add(name)
+    return name
+
+def _hook_shape(model, name:str)->tuple:
+    "`hook_shape`, read straight from its per-model cache when there."
+    shapes = model.__dict__.get("_collapse_lab_hook_shapes", {})
+    return shapes[name] if name in shapes and name in model.__dict__.get("_collapse_lab_checked", ()) else hook_shape(model, name)
+
+
 # %% ../nbs/01_interventions.ipynb #91a2af95
 def _pos_axis(hook:str)->int:
     "Axis of the (query) position in `hook`'s activation."
@@ -85,7 +101,7 @@ class Intervention:
     "Base class: a dataclass holding a `hook` name and data, turned into a hook function by `make_hook`."
     def validate(self, model):
         "Check the intervention against `model` (hook exists, sizes match); raise `ValueError` otherwise."
-        check_hook(model, self.hook)
+        _check_hook(model, self.hook)
 
     def make_hook(self, model)->Callable:
         "A TransformerLens hook function `(activation, hook) -> activation` applying this intervention."
@@ -161,7 +177,7 @@ class Steer(Intervention):
 
     def validate(self, model):
         super().validate(model)
-        d = hook_shape(model, self.hook)[-1]
+        d = _hook_shape(model, self.hook)[-1]
         if self.vector.numel() != d:
             raise ValueError(f"Steer vector has size {self.vector.numel()} but {self.hook} activations have last "
                              f"dimension {d}.")
@@ -206,7 +222,7 @@ class SubspacePatch(Intervention):
 
     def validate(self, model):
         super().validate(model)
-        d = hook_shape(model, self.hook)[-1]
+        d = _hook_shape(model, self.hook)[-1]
         if self.basis.shape[1] != d:
             raise ValueError(f"basis vectors have size {self.basis.shape[1]} but {self.hook} activations have last dimension {d}.")
         if self.source.is_floating_point() and self.source.shape[-1] != d:
@@ -295,7 +311,7 @@ def activations(
     fast:bool=True,        # use the bare model (`collapse_lab.fastpath`) where it applies; False: always the bridge
 )->Tensor:
     "The activation at `hook` for `tokens` (detached; no other activation is kept)."
-    check_hook(model, hook)
+    _check_hook(model, hook)
     out = {}
     def keep(act, hook): out["act"] = act.detach()
     with torch.no_grad():
