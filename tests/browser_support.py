@@ -115,6 +115,13 @@ class LabServer:
             body = r.read()
         return json.loads(body) if body else None
 
+    def close_sessions(self, path:str|None=None):
+        "Shut down the kernel of the notebook at `path` (all of them when None), freeing its CPU and memory."
+        for sess in self.api("sessions"):
+            if path is None or sess.get("path") == path:
+                try: self.api(f"sessions/{sess['id']}", method="DELETE")
+                except OSError: pass
+
     def log(self)->str: return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self):
@@ -200,6 +207,16 @@ def images(state:dict)->list[tuple[int, bytes]]:
     "Every PNG image output as (cell index, PNG bytes)."
     return [(c["i"], base64.b64decode(o["data"]["image/png"])) for c in state["cells"] if c["type"] == "code"
             for o in c["outputs"] if "image/png" in o.get("data", {})]
+
+import re as _re
+# A code cell that draws a figure at its top level (not inside an `if`, e.g. a GPU-only parameter path).
+_PLOT_CELL = _re.compile(r"^(?:[\w(][\w, .()\[\]]*=\s*)?(?:plt\.(?:subplots|figure|plot|imshow)\(|(?:cl\.)?(?:viz\.)?plot_\w+\()", _re.M)
+
+def plot_cells(state:dict)->list[int]:
+    "Code cells that draw a figure at their top level: each must show an image."
+    return [c["i"] for c in state["cells"] if c["type"] == "code" and _PLOT_CELL.search(c["source"])]
+
+def cells_with_images(state:dict)->set[int]: return {i for i, _ in images(state)}
 
 def summary(state:dict|None)->str:
     if state is None: return "no notebook open"

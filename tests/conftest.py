@@ -35,7 +35,7 @@ def browser(lab_server):
 
 
 @pytest.fixture
-def lab_page(browser, request):
+def lab_page(browser, lab_server, request):
     "A fresh browser page (1400x1000) whose console errors are collected in `page.console_messages`."
     import browser_support as bs
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -47,6 +47,8 @@ def lab_page(browser, request):
         try: bs.screenshot(page, f"last_{request.node.name}")   # how the page looked at the end, pass or fail
         except Exception: pass
         ctx.close()
+        try: lab_server.close_sessions()        # the next test starts with no kernel left running
+        except Exception: pass
 
 
 def pytest_terminal_summary(terminalreporter):
