@@ -7,7 +7,7 @@ PY    := $(BIN)/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test export check-export nbtest pytest readme docs browser-deps clean
+.PHONY: setup lab test export check-export nbtest pytest readme readme-images docs browser-deps clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,10 @@ readme: setup
 	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README
 	@# links and pictures are relative to nbs/ in the notebook, to the repository root in README.md
 	sed -i -E 's#\]\((images|tutorials)/#](nbs/\1/#g; s#src="(images|tutorials)/#src="nbs/\1/#g' README.md
+
+# The README's widget pictures, from the screenshots of the last browser-test run (test-artifacts/browser/).
+readme-images: setup
+	$(PY) docs/readme_images.py
 
 # The docs site: nbdev_docs where Quarto is installed, else Sphinx + myst-nb offline (docs/build.py -> _docs/).
 docs: setup

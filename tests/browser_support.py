@@ -264,7 +264,7 @@ def run_generated_notebook(page, server:LabServer, name:str, sources:list[str], 
     assert not unexecuted(st), f"{name}: cells never ran {unexecuted(st)}"
     return st
 
-JS_PLOT_KEY = """el => [...el.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).map(i => {
+JS_PLOT_KEY = """el => (el.tagName === 'IMG' ? [el] : [...el.querySelectorAll('img')]).filter(i => i.complete && i.naturalWidth > 0).map(i => {
     let h = 5381; const s = i.src; for (let k = 0; k < s.length; k += 7) h = ((h * 33) ^ s.charCodeAt(k)) >>> 0;
     return s.length + ':' + h; }).join('|')"""
 

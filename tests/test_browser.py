@@ -262,3 +262,60 @@ def test_steering_lab(lab_server, lab_page):
     assert error.inner_text().strip() == ""
     _shot(page, root, "steering_lab_3_episode")
     assert not bs.console_errors(page.console_messages), page.console_messages
+
+
+def test_clamping_lab(lab_server, lab_page):
+    """ClampingLab: bad heads show an error; dragging the clamp window's upper handle changes it; Start trains in the
+    background (step and loss readout climb, the curves redraw), Stop ends the run and says where it stopped."""
+    _need("clamping_lab", "ClampingLab")
+    page, steps, stop_after = lab_page, 400, 150      # stop the run once it is past step 150 of 400
+    bs.run_generated_notebook(page, lab_server, "_clamping_lab", [_SETUP,
+        "import collapse_lab as cl\nfrom collapse_lab.icl import ICLTask\nfrom collapse_lab.clamping_lab import ClampingLab\n"
+        f"STEPS = {steps}",
+        "small = ICLTask(n_classes=16, n_labels=8, batch_size=32)\n"
+        "lab = ClampingLab(small, lambda t: cl.tiny_model(n_layers=2, d_model=32, n_heads=4, attn_only=True,\n"
+        "                  d_vocab=t.d_vocab, n_ctx=t.n_ctx), steps=STEPS, every=10)\nlab"])
+    root = page.locator(".cl-clamping-lab").first
+    root.wait_for(state="visible")
+    step, error, curves = (root.locator(f".cl-clamping-{c}").first for c in ("step", "error", "curves"))
+    start, stop = root.locator(".cl-clamping-start").first, root.locator(".cl-clamping-stop").first
+    page.wait_for_function(f"el => ({bs.JS_PLOT_KEY})(el) !== ''", arg=curves.element_handle())
+    expect(stop).to_be_disabled()
+    assert bs.numbers(step.inner_text()) == [0]
+    key = bs.plot_key(curves)
+    _shot(page, root, "clamping_lab_1_initial")
+    # a head the model does not have: an error in the panel, nothing starts
+    heads = root.locator(".cl-clamping-heads input").first
+    heads.fill("0, 9"); heads.press("Enter")
+    start.click()
+    bs.wait_text(page, error, r"out of range")
+    expect(stop).to_be_disabled()
+    heads.fill("0"); heads.press("Enter")
+    # drag the clamp window's upper handle to the left: the window ends before the last step
+    window_readout = root.locator(".cl-clamping-window .widget-readout").first
+    before = bs.numbers(window_readout.inner_text().replace("\u2212", "-"))
+    bs.drag(page, root.locator(".cl-clamping-window .noUi-handle-upper").first, -80)
+    page.wait_for_timeout(300)
+    lo, hi = bs.numbers(window_readout.inner_text())
+    assert lo == 0 and 0 < hi < before[1], (before, lo, hi)
+    # start: the step readout climbs, the loss is a number, the curves redraw
+    start.click()
+    expect(start).to_be_disabled(); expect(stop).to_be_enabled()
+    bs.wait_text(page, step, rf"step [1-9]\d* / {steps} .*loss \d", timeout=120)
+    key = bs.wait_plot_change(page, curves, key, timeout=120, settle=0)
+    s1 = bs.numbers(step.inner_text())[0]
+    page.wait_for_function("([el, s]) => parseInt(el.innerText.match(/step (\\d+)/)[1]) > s",
+                           arg=[step.element_handle(), max(s1, stop_after)], timeout=300_000)
+    key = bs.wait_plot_change(page, curves, key, timeout=60, settle=0)   # curves redrawn past the first draw
+    _shot(page, root, "clamping_lab_2_running")
+    # stop: the run ends before its last step and says so; Start is enabled again
+    stop.click()
+    bs.wait_text(page, error, r"stopped at step \d+", timeout=120)
+    expect(start).to_be_enabled(); expect(stop).to_be_disabled()
+    at = bs.numbers(error.inner_text())[0]
+    assert stop_after < at < steps
+    page.wait_for_timeout(1500)
+    assert bs.numbers(step.inner_text())[0] == at, "the step readout moved after Stop"
+    assert bs.plot_key(curves) != ""
+    _shot(page, root, "clamping_lab_3_stopped")
+    assert not bs.console_errors(page.console_messages), page.console_messages
