@@ -310,13 +310,18 @@ def activations(
     *interventions,        # interventions active during the run
     fast:bool=True,        # use the bare model (`collapse_lab.fastpath`) where it applies; False: always the bridge
 )->Tensor:
-    "The activation at `hook` for `tokens` (detached; no other activation is kept)."
+    "The activation at `hook` for `tokens` (detached; no other activation is kept; the pass stops there)."
     _check_hook(model, hook)
     out = {}
-    def keep(act, hook): out["act"] = act.detach()
+    def keep(act, hook):
+        out["act"] = act.detach()
+        raise _Stop   # later layers and the logits cannot change it: skip them
     with torch.no_grad():
-        _forward(model, torch.as_tensor(tokens).to(_model_device(model)), _flatten(interventions), [(hook, keep)], fast)
+        try: _forward(model, torch.as_tensor(tokens).to(_model_device(model)), _flatten(interventions), [(hook, keep)], fast)
+        except _Stop: pass
     return out["act"]
+
+class _Stop(Exception): "Raised by `activations` once it holds the activation."
 
 
 # %% ../nbs/01_interventions.ipynb #e5cd616a

@@ -98,12 +98,14 @@ def test_several_interventions_and_activations(model, spy):
     ivs = [cl.Steer("blocks.0.hook_resid_post", torch.randn(D, generator=_gen(31)), coef=2.0),
            cl.Ablate("blocks.1.hook_attn_out", "zero"),
            cl.Steer("blocks.1.hook_mlp_out", torch.randn(D, generator=_gen(32)), positions=[1, 3])]
+    before = _torch_hooks(model)
     with torch.no_grad():
         torch.testing.assert_close(cl.run(model, toks, *ivs), cl.run(model, toks, *ivs, fast=False), atol=1e-5, rtol=0)
-        for hook in ("blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"):
+        for hook in ("blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"):   # (activations stops the pass at `hook`)
             torch.testing.assert_close(activations(model, toks, hook, *ivs),
                                        activations(model, toks, hook, *ivs, fast=False), atol=1e-5, rtol=0)
     assert len(spy) >= 3
+    assert _torch_hooks(model) == before and _tl_hooks(model) == []
 
 
 def test_fast_sweep_equals_bridge_sweep(model, spy):
@@ -204,3 +206,15 @@ def test_fast_path_follows_training_of_the_bridge(model):
     finally:
         model.zero_grad()
         model.load_state_dict(saved)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
+def test_bf16_model_keeps_its_fast_sites(arch, tmp_path):
+    "In bf16 the bare view (SDPA) and the bridge (eager) round differently; the fast path must still apply."
+    model = cl.load_model(cl.tiny_hf_checkpoint(tmp_path, arch=arch, n_layers=2, d_model=D), device="cpu", dtype="bfloat16")
+    assert {f"blocks.{L}.{k}" for L in range(2) for k in KINDS} <= set(fastpath.fast_sites(model))
+    toks = _tokens(110)
+    iv = cl.Steer("blocks.1.hook_resid_pre", torch.randn(D, generator=_gen(111)), coef=2.0)
+    with torch.no_grad():
+        fast, slow = cl.run(model, toks, iv).float(), cl.run(model, toks, iv, fast=False).float()
+    assert fast.dtype == slow.dtype and ((fast - slow).norm() / slow.norm()).item() < 2e-2
