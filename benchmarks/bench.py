@@ -313,8 +313,9 @@ def main(argv=None):
     if "forward" in only:
         for s in shapes: forward_set(s, device, dtype, batch, seq, reps)
     if "sweep" in only:
+        sb, ss = (batch, seq) if device.type == "cuda" else (max(1, batch // 2), max(8, seq // 2))   # CPU: keep it short
         for s in (["tiny-native"] if device.type == "cpu" else []) + shapes:
-            sweep_set(s, device, dtype, batch, seq, max(3, reps // 3))
+            sweep_set(s, device, dtype, sb, ss, max(3, reps // 3))
     if "train" in only: train_set(device, reps)
     if "widgets" in only: steering_lab_set(device, reps)
     if "east" in only: east_set(device)

@@ -438,15 +438,17 @@ class SweepResult:
         return f"<code>{self!r}</code>"
 
 # %% ../nbs/01_interventions.ipynb #5c0e7a91
-_CPU_LOGITS_BYTES = 4 * 2**20    # on CPU, passes with more logits than this gained little or ran slower
+_CPU_PASS_BYTES = 4 * 2**20   # on CPU, passes whose big activations outgrow this gained little or ran slower
 
 def _auto_max_batch(model, tokens:Tensor)->int:
-    "Rows per `sweep` pass: 256 on an accelerator; on CPU, as many as keep the logits within `_CPU_LOGITS_BYTES`."
+    "Rows per `sweep` pass: 256 on an accelerator; on CPU, as many as keep a pass's big activations within 4 MiB."
     if tokens.device.type != "cpu": return 256
-    vocab = getattr(model.cfg, "d_vocab_out", -1)
-    vocab = vocab if vocab and vocab > 0 else model.cfg.d_vocab
-    row = tokens.shape[-1] * vocab * 4
-    return max(tokens.shape[0], min(256, _CPU_LOGITS_BYTES // row))
+    cfg = model.cfg
+    vocab = getattr(cfg, "d_vocab_out", -1)
+    vocab = vocab if vocab and vocab > 0 else cfg.d_vocab
+    T = tokens.shape[-1]
+    row = 4 * T * (vocab + getattr(cfg, "n_heads", 1) * T + 4 * cfg.d_model)   # logits, one attention pattern, MLP hidden
+    return max(tokens.shape[0], min(256, _CPU_PASS_BYTES // row))
 
 
 # %% ../nbs/01_interventions.ipynb #d7866078
