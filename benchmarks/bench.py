@@ -31,7 +31,7 @@ def sync(device):
 
 
 def bench(fns:dict, device, reps:int, warmup:int=2)->dict:
-    "Median seconds of each callable, A/B interleaved with the order rotated every round."
+    "Seconds of each callable in every round, A/B interleaved with the order rotated every round."
     names = list(fns)
     for _ in range(warmup):
         for n in names: fns[n]()
@@ -43,7 +43,15 @@ def bench(fns:dict, device, reps:int, warmup:int=2)->dict:
             sync(device); t0 = time.perf_counter()
             fns[n]()
             sync(device); times[n].append(time.perf_counter() - t0)
-    return {n: statistics.median(t) for n, t in times.items()}
+    return times
+
+
+def med(ts): return statistics.median(ts)
+
+
+def ratio(ts, base):
+    "Median over rounds of the ratio within each round (paired: drift of a shared machine cancels)."
+    return statistics.median(a / b for a, b in zip(ts, base))
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -124,9 +132,9 @@ def forward_set(shape, device, dtype, batch, seq, reps):
         err_hf = ((a - hooked).norm() / hooked.norm()).item()
         t = bench(fns, device, reps)
     base = t["bare HF forward"]
-    record(f"forward {shape}", "bare HF forward", base * 1e3, "ms")
+    record(f"forward {shape}", "bare HF forward", med(base) * 1e3, "ms")
     for n, s in t.items():
-        if n != "bare HF forward": record(f"forward {shape}", n, s / base, "x", f"({s*1e3:.2f} ms)")
+        if n != "bare HF forward": record(f"forward {shape}", n, ratio(s, base), "x", f"({med(s)*1e3:.2f} ms)")
     record(f"forward {shape}", "rel. error fast vs bridge logits (Steer)", err, "")
     record(f"forward {shape}", "rel. error fast vs plain HF hook logits", err_hf, "")
     del hf, model, src; gc.collect()
@@ -166,10 +174,10 @@ def sweep_set(shape, device, dtype, batch, seq, reps, n_coef=16):
         err = (one - batched).abs().max().item()
         t = bench(fns, device, reps, warmup=1)
     sep = t["16 separate passes (fast path)"]
-    record(f"sweep {shape}", "16 separate passes", sep * 1e3, "ms")
+    record(f"sweep {shape}", "16 separate passes", med(sep) * 1e3, "ms")
     for n, s in t.items():
         if n != "16 separate passes (fast path)":
-            record(f"sweep {shape}", f"speed-up of {n}", sep / s, "x", f"({s*1e3:.1f} ms)")
+            record(f"sweep {shape}", f"speed-up of {n}", 1 / ratio(s, sep), "x", f"({med(s)*1e3:.1f} ms)")
     record(f"sweep {shape}", "max |entropy difference| batched vs separate", err, "nats")
     if device.type == "cuda":
         for mb in (4 * batch, n_coef * batch):
@@ -201,11 +209,20 @@ def train_set(device, reps, batch=32, seq=32):
     with cl.intervene(model, clamp):
         def step_in_context(): step()
         t = bench({"plain step": step, "step inside intervene (context entered once)": step_in_context}, device, reps)
-    t.update(bench({"plain step": step, "step with intervene entered per step": step_clamped}, device, reps))
-    base = t["plain step"]
-    record("train clamp", "plain training step", base * 1e3, "ms")
-    record("train clamp", "clamped step / plain (context entered once)", t["step inside intervene (context entered once)"] / base, "x")
-    record("train clamp", "clamped step / plain (intervene per step)", t["step with intervene entered per step"] / base, "x")
+    t2 = bench({"plain step": step, "step with intervene entered per step": step_clamped}, device, reps)
+    record("train clamp", "plain training step", med(t["plain step"]) * 1e3, "ms")
+    record("train clamp", "clamped step / plain (context entered once)",
+           ratio(t["step inside intervene (context entered once)"], t["plain step"]), "x")
+    record("train clamp", "clamped step / plain (intervene per step)",
+           ratio(t2["step with intervene entered per step"], t2["plain step"]), "x")
+    # the clamp's own cost, measured alone on the pattern it edits (forward and backward through it)
+    pat = torch.softmax(torch.randn(batch, 8, seq, seq, device=device), -1).requires_grad_()
+    hook = clamp.make_hook(model)
+    def clamp_alone(): hook(pat, None).sum().backward()
+    def copy_alone(): (pat * 1).sum().backward()
+    t3 = bench({"clamp hook, fwd + bwd": clamp_alone, "a plain copy, fwd + bwd": copy_alone}, device, reps)
+    record("train clamp", "the clamp hook alone, forward + backward", med(t3["clamp hook, fwd + bwd"]) * 1e3, "ms",
+           f"= {med(t3['clamp hook, fwd + bwd']) / med(t['plain step']):.1%} of a plain step")
 
 
 # ---------------------------------------------------------------------------------------------- widgets
@@ -226,7 +243,7 @@ def steering_lab_set(device, reps):
     def slide(): lab.coef.value = next(vals)
     n0 = len(lab.timings)
     t = bench({"slider change": slide}, device, reps)
-    record("widget SteeringLab", "slider change -> recomputed distribution + redraw", t["slider change"] * 1e3, "ms")
+    record("widget SteeringLab", "slider change -> recomputed distribution + redraw", med(t["slider change"]) * 1e3, "ms")
     inner = lab.timings[n0:]
     record("widget SteeringLab", "its own timing: change -> distribution (median)", statistics.median(inner) * 1e3, "ms")
     assert lab.error.value == "", lab.error.value
@@ -316,7 +333,7 @@ def main(argv=None):
         sb, ss = (batch, seq) if device.type == "cuda" else (max(1, batch // 2), max(8, seq // 2))   # CPU: keep it short
         for s in (["tiny-native"] if device.type == "cpu" else []) + shapes:
             sweep_set(s, device, dtype, sb, ss, max(3, reps // 3))
-    if "train" in only: train_set(device, reps)
+    if "train" in only: train_set(device, 3 * reps)
     if "widgets" in only: steering_lab_set(device, reps)
     if "east" in only: east_set(device)
     print(f"\nall benchmarks took {time.time() - t0:.0f} s", flush=True)

@@ -327,7 +327,8 @@ class _Stop(Exception): "Raised by `activations` once it holds the activation."
 # %% ../nbs/01_interventions.ipynb #e5cd616a
 def _attach(model, name:str, fn:Callable)->Callable:
     "Add `fn` to hook point `name`; return a function that removes exactly that hook."
-    hp = model.hook_dict[name]
+    points = model.__dict__.setdefault("_collapse_lab_hook_points_by_name", {})   # `hook_dict` is rebuilt per access
+    hp = points[name] if name in points else points.setdefault(name, model.hook_dict[name])
     model.check_hooks_to_add(hp, name, fn)
     handle = hp.add_hook(fn)
     def remove():
