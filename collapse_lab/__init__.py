@@ -11,3 +11,4 @@ from .patching_lab import *
 from .training import *
 from .icl import *
 from .clamping_lab import *
+from .steering_lab import *
