@@ -178,6 +178,10 @@ def run_all(page):
     "Run > Run All Cells, through the menu bar, as a person would."
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    try:   # the run has begun once a cell is queued ([*]) or has run; only then can "idle" mean "finished"
+        page.wait_for_function("""() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+            .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))""", timeout=30_000)
+    except Exception: pass   # an empty notebook never shows one; `unexecuted` reports cells that did not run
 
 def busy(state:dict)->bool:
     "True while the kernel works or a cell is queued/running (`[*]`)."
