@@ -19,11 +19,13 @@ import collapse_lab as cl
 from collapse_lab import fastpath
 
 RESULTS = []   # (section, name, value, unit, note)
+JSON = {}      # "path" and "info" once main() knows them: every figure is written as soon as it is measured
 
 
 def record(section, name, value, unit, note=""):
     RESULTS.append(dict(section=section, name=name, value=value, unit=unit, note=note))
     print(f"  {name:<58} {value:>10.3f} {unit:<4} {note}", flush=True)
+    if JSON.get("path"): Path(JSON["path"]).write_text(json.dumps(dict(info=JSON["info"], results=RESULTS), indent=1))
 
 
 def sync(device):
@@ -322,23 +324,22 @@ def main(argv=None):
             shapes, batch, seq, reps = ["cpu-small", "cpu-small-neox"], 4, 32, a.reps or 3
     else:
         device, dtype = torch.device(a.device or "cpu"), torch.float32
-        shapes, batch, seq, reps = ["cpu-small", "cpu-small-neox"], 8, 64, a.reps or 15
+        shapes, batch, seq, reps = ["cpu-small", "cpu-small-neox"], 4, 64, a.reps or 25
     info = versions() | dict(set=a.set, device=str(device), dtype=str(dtype), batch=batch, seq=seq, reps=reps,
                              date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     print("collapse_lab benchmarks:", json.dumps(info), flush=True)
+    JSON.update(path=a.json, info=info)
     t0 = time.time()
     if "forward" in only:
         for s in shapes: forward_set(s, device, dtype, batch, seq, reps)
     if "sweep" in only:
-        sb, ss = (batch, seq) if device.type == "cuda" else (max(1, batch // 2), max(8, seq // 2))   # CPU: keep it short
+        sb, ss = (batch, seq) if device.type == "cuda" else (4, 32)   # CPU: keep it short
         for s in (["tiny-native"] if device.type == "cpu" else []) + shapes:
             sweep_set(s, device, dtype, sb, ss, max(3, reps // 3))
     if "train" in only: train_set(device, 3 * reps)
     if "widgets" in only: steering_lab_set(device, reps)
     if "east" in only: east_set(device)
     print(f"\nall benchmarks took {time.time() - t0:.0f} s", flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps(dict(info=info, results=RESULTS), indent=1))
 
 
 if __name__ == "__main__":
