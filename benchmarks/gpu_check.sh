@@ -47,13 +47,36 @@ if ! $PY -c "import datasets" 2>/dev/null; then
   echo "from .load import load_dataset; from .arrow_dataset import Dataset; from .iterable_dataset import IterableDataset" > /tmp/stub/datasets/__init__.py
   export PYTHONPATH="$PYTHONPATH:/tmp/stub"
 fi
-$PY - <<'EOF' || { echo "collapse_lab does not import: stopping"; exit 1; }
-import importlib.metadata as md, platform, torch
-import collapse_lab
+smoke() {   # collapse_lab imports, and a bridge around an in-memory GPT-2 and GPT-NeoX gets its fast path
+$PY - <<'EOF'
+import importlib.metadata as md, platform, sys, torch
+sys.path.insert(0, "benchmarks")
+import collapse_lab as cl, bench
+from collapse_lab import fastpath
 v = {n: md.version(n) for n in ("torch", "transformers", "transformer-lens", "tokenizers")}
 print("python", platform.python_version(), v, "| CUDA:", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+for shape in ("cpu-small", "cpu-small-neox"):
+    hf, model, cfg = bench.build(shape, dev, torch.float32)
+    sites = fastpath.fast_sites(model)
+    toks = torch.randint(0, 4096, (2, 16), device=dev)
+    with torch.no_grad():
+        err = ((cl.run(model, toks) - hf(input_ids=toks, use_cache=False).logits).norm() / model(toks).norm()).item()
+    print(f"smoke {shape}: {len(sites)} fast sites, fast vs bare HF relative error {err:.1e}")
+    assert len(sites) >= 16 and err < 1e-3
 EOF
+}
+if ! smoke; then
+  if ls .whl/alt/*.whl >/dev/null 2>&1; then
+    stamp "smoke test failed with this machine's packages: installing the tested versions from .whl/alt/"
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site_alt .whl/alt/*.whl || exit 1
+    export PYTHONPATH="$PWD:/tmp/site_alt:${PYTHONPATH#"$PWD:"}"
+    smoke || { echo "smoke test failed: stopping"; exit 1; }
+  else
+    echo "smoke test failed: stopping"; exit 1
+  fi
+fi
 if [ "$MODE" = gpu ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>/dev/null || true
   $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device: run with --cpu"; exit 1; }
