@@ -439,10 +439,10 @@ class SweepResult:
         return f"<code>{self!r}</code>"
 
 # %% ../nbs/01_interventions.ipynb #5c0e7a91
-_CPU_PASS_BYTES = 4 * 2**20   # on CPU, passes whose big activations outgrow this gained little or ran slower
+_CPU_PASS_BYTES = 8 * 2**20   # on CPU, passes whose big activations outgrow this gained little or ran slower
 
 def _auto_max_batch(model, tokens:Tensor)->int:
-    "Rows per `sweep` pass: 256 on an accelerator; on CPU, as many as keep a pass's big activations within 4 MiB."
+    "Rows per `sweep` pass: 256 on an accelerator; on CPU, as many as keep a pass's big activations within 8 MiB."
     if tokens.device.type != "cpu": return 256
     cfg = model.cfg
     vocab = getattr(cfg, "d_vocab_out", -1)
