@@ -67,17 +67,24 @@ def _probe_lab(name, lab, n=7)->dict:
     model = getattr(lab, "model", None)
     dev = str(next(model.parameters()).device) if model is not None else "?"
     r = dict(lab=name, cls=type(lab).__name__, model_device=dev)
+    err0 = getattr(getattr(lab, "error", None), "value", "")   # a message the notebook itself left there
     slider = getattr(lab, "coef", None)
     if slider is not None and hasattr(slider, "value") and hasattr(slider, "min"):
         lo, hi = float(slider.min), float(slider.max)
         vals = [lo + (hi - lo) * (i + 1) / (n + 2) for i in range(n)]
         def call(i): slider.value = vals[i]
         r["callback"] = "coef slider -> update()"
-    else:
-        fn = next((getattr(lab, m) for m in ("update", "refresh", "recompute") if callable(getattr(lab, m, None))), None)
-        if fn is None: return r | dict(status="skipped", why="no update/refresh method")
+    elif callable(getattr(lab, "update", None)) or callable(getattr(lab, "refresh", None)):
+        fn = getattr(lab, "update", None) if callable(getattr(lab, "update", None)) else lab.refresh
         def call(i): fn()
         r["callback"] = fn.__name__ + "()"
+    elif callable(getattr(lab, "_update", None)) and getattr(lab, "run", None) is not None:
+        # a training lab (ClampingLab): the notebook trained through it; redraw from its run, as on_eval does
+        win, steps = getattr(getattr(lab, "window", None), "value", None), getattr(getattr(lab, "steps", None), "value", None)
+        def call(i): lab._update(lab.run, win, steps, force=True)
+        r["callback"] = "_update(run, force=True) (the live-curve callback)"
+    else:
+        return r | dict(status="skipped", error="no update/refresh callback found (or no run to redraw)")
     times = []
     for i in range(n):
         if dev.startswith("cuda"): torch.cuda.synchronize()
@@ -85,8 +92,8 @@ def _probe_lab(name, lab, n=7)->dict:
         if dev.startswith("cuda"): torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     err = getattr(getattr(lab, "error", None), "value", "")
-    r.update(status="ok" if not err else "error shown", median_ms=1e3 * statistics.median(times[1:] or times),
-             error=re.sub("<[^>]+>", "", str(err))[:300])
+    r.update(status="ok" if err in ("", err0) else "error shown", median_ms=1e3 * statistics.median(times[1:] or times),
+             error=re.sub("<[^>]+>", "", str(err))[:300] if err != err0 else "")
     return r
 
 
