@@ -330,17 +330,28 @@ def main(argv=None):
     print("collapse_lab benchmarks:", json.dumps(info), flush=True)
     JSON.update(path=a.json, info=info)
     t0 = time.time()
+    failed = []
+    def section(name, fn, *args):
+        "Run one section; a failure is reported and the others still run (one GPU lease, one try)."
+        try: fn(*args)
+        except Exception as e:
+            import traceback
+            failed.append(name)
+            print(f"\n!! {name} failed: {type(e).__name__}: {e}\n" + "".join(traceback.format_exc().splitlines(True)[-6:]), flush=True)
+            gc.collect()
+            if device.type == "cuda": torch.cuda.empty_cache()
     if "forward" in only:
-        for s in shapes: forward_set(s, device, dtype, batch, seq, reps)
+        for s in shapes: section(f"forward {s}", forward_set, s, device, dtype, batch, seq, reps)
     if "sweep" in only:
         sb, ss = (batch, seq) if device.type == "cuda" else (4, 32)   # CPU: keep it short
         for s in (["tiny-native"] if device.type == "cpu" else []) + shapes:
-            sweep_set(s, device, dtype, sb, ss, max(3, reps // 3))
-    if "train" in only: train_set(device, 3 * reps)
-    if "widgets" in only: steering_lab_set(device, reps)
-    if "east" in only: east_set(device)
-    print(f"\nall benchmarks took {time.time() - t0:.0f} s", flush=True)
+            section(f"sweep {s}", sweep_set, s, device, dtype, sb, ss, max(3, reps // 3))
+    if "train" in only: section("train", train_set, device, 3 * reps)
+    if "widgets" in only: section("widgets", steering_lab_set, device, reps)
+    if "east" in only: section("east", east_set, device)
+    print(f"\nall benchmarks took {time.time() - t0:.0f} s" + (f"; FAILED: {failed}" if failed else ""), flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

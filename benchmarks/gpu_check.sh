@@ -12,7 +12,7 @@
 #   bash benchmarks/gpu_check.sh          # on a CUDA machine; figures and logs go to $OUT (or /tmp/collapse_lab_gpu_check)
 #   bash benchmarks/gpu_check.sh --cpu    # dry run of the same code paths on CPU with small shapes (no GPU figures)
 # Environment: NB_TIMEOUT (s per notebook, default 200), NB_PARALLEL (default 8), BENCH_TIMEOUT (default 200),
-#              NOTEBOOKS (space-separated paths; default: discovered), PYTHON.
+#              NOTEBOOKS (space-separated paths; default: discovered), BENCH_ONLY (bench.py --only), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=gpu; [ "${1:-}" = "--cpu" ] && MODE=cpu
@@ -84,7 +84,7 @@ fi
 
 # ------------------------------------------------------------------ 2. benchmarks
 stamp "benchmarks"
-BENCH_ARGS=(--set gpu --json "$OUTDIR/bench.json")
+BENCH_ARGS=(--set gpu --json "$OUTDIR/bench.json" ${BENCH_ONLY:+--only "$BENCH_ONLY"})
 [ "$MODE" = cpu ] && BENCH_ARGS+=(--device cpu)
 timeout "${BENCH_TIMEOUT:-200}" $PY benchmarks/bench.py "${BENCH_ARGS[@]}"
 BENCH_RC=$?
