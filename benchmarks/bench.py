@@ -137,6 +137,19 @@ def forward_set(shape, device, dtype, batch, seq, reps):
     record(f"forward {shape}", "bare HF forward", med(base) * 1e3, "ms")
     for n, s in t.items():
         if n != "bare HF forward": record(f"forward {shape}", n, ratio(s, base), "x", f"({med(s)*1e3:.2f} ms)")
+    # the fast path's own per-call cost (checks, hook functions, attaching and removing hooks), on a 1 x 2 input
+    # where the forward itself is small: fast-path run minus the same forward with the hand-written hook
+    tiny_t = tokens[:1, :2]
+    def hf_hooked_tiny():
+        h = blocks_of(hf)[layer].register_forward_hook(add)
+        try: return hf(input_ids=tiny_t, use_cache=False).logits
+        finally: h.remove()
+    with torch.no_grad():
+        t1 = bench({"plain hook, 1 x 2 tokens": hf_hooked_tiny, "fast path, 1 x 2 tokens": lambda: cl.run(model, tiny_t, steer)},
+                   device, 5 * reps)
+    record(f"forward {shape}", "fast path's own cost per call (1 x 2 tokens)",
+           (med(t1["fast path, 1 x 2 tokens"]) - med(t1["plain hook, 1 x 2 tokens"])) * 1e6, "us",
+           f"(plain hook {med(t1['plain hook, 1 x 2 tokens'])*1e3:.2f} ms)")
     record(f"forward {shape}", "rel. error fast vs bridge logits (Steer)", err, "")
     record(f"forward {shape}", "rel. error fast vs plain HF hook logits", err_hf, "")
     del hf, model, src; gc.collect()
