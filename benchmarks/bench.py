@@ -179,6 +179,7 @@ def sweep_set(shape, device, dtype, batch, seq, reps, n_coef=16):
     def separate(fast=True):
         return [entropy_last(cl.run(model, tokens, cl.Steer(hook, v, coef=float(c)), fast=fast)) for c in coefs]
     fns = {"16 separate passes (fast path)": separate,
+           "16 separate passes through the bridge (fast=False)": lambda: separate(fast=False),
            "sweep, one batched pass (max_batch=16*batch)": lambda: cl.sweep(model, tokens, steer, metric=entropy_last,
                                                                              max_batch=n_coef * batch),
            "sweep, default max_batch": lambda: cl.sweep(model, tokens, steer, metric=entropy_last),
@@ -193,6 +194,8 @@ def sweep_set(shape, device, dtype, batch, seq, reps, n_coef=16):
     for n, s in t.items():
         if n != "16 separate passes (fast path)":
             record(f"sweep {shape}", f"speed-up of {n}", 1 / ratio(s, sep), "x", f"({med(s)*1e3:.1f} ms)")
+    record(f"sweep {shape}", "speed-up of sweep default over 16 bridge passes",
+           1 / ratio(t["sweep, default max_batch"], t["16 separate passes through the bridge (fast=False)"]), "x")
     record(f"sweep {shape}", "max |entropy difference| batched vs separate", err, "nats")
     if device.type == "cuda":
         for mb in (4 * batch, n_coef * batch):
