@@ -170,7 +170,15 @@ def sleepy(i, log):
     return {"i": i}
 
 
-def test_local_grid_interrupted_stops_workers_and_resumes(tmp_path):
+@pytest.fixture
+def sigint_raises():
+    "SIGINT raises KeyboardInterrupt, also where the test runner was started with SIGINT ignored (a background job)."
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_local_grid_interrupted_stops_workers_and_resumes(tmp_path, sigint_raises):
     "Ctrl-C (SIGINT) in the process running a local grid: workers are stopped at once, finished points kept."
     log, folder = tmp_path/"calls.log", tmp_path/"results"
     grid = {"i": list(range(4)), "log": [str(log)]}
