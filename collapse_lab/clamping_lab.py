@@ -78,7 +78,8 @@ class ClampingLab:
         self.value = W.Dropdown(options=_VALUES, value="previous-token", description="value")
         self.steps = W.BoundedIntText(value=steps, min=1, max=10**7, description="steps")
         self.window = W.IntRangeSlider(value=(0, steps), min=0, max=steps, step=1, description="clamp window",
-                                       continuous_update=False, layout=W.Layout(width="480px"))
+                                       continuous_update=False, layout=W.Layout(width="480px"),
+                                       style={"description_width": "initial"})
         self.start_button = W.Button(description="Start", button_style="success", icon="play")
         self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
         self.step_label = W.HTML("step 0")
