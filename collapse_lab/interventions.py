@@ -150,6 +150,13 @@ def _on(t:Tensor, like:Tensor, cache:dict)->Tensor:
     if key not in cache: cache[key] = t.to(device=like.device, dtype=like.dtype)
     return cache[key]
 
+def _prewarm(t:Tensor, model, cache:dict)->dict:
+    "Convert `t` for the model's device (its dtype and float32) now: a host-to-GPU copy inside a hook would stall the pass."
+    p = next(model.parameters())
+    for dtype in {p.dtype, torch.float32}:
+        if t.is_floating_point(): cache.setdefault((p.device, dtype), t.to(device=p.device, dtype=dtype))
+    return cache
+
 def _per_row(coef:Tensor, n:int, ndim:int)->Tensor:
     "Expand C coefficients to `n` batch rows (C consecutive blocks) shaped to broadcast over `ndim` dims."
     c = coef.numel()
@@ -183,7 +190,8 @@ class Steer(Intervention):
                              f"dimension {d}.")
 
     def make_hook(self, model):
-        v_cache, c_cache, positions = {}, {}, self.positions
+        v_cache, positions = _prewarm(self.vector, model, {}), self.positions
+        c_cache = _prewarm(self.coef, model, {}) if isinstance(self.coef, Tensor) else {}
         def steer(act, hook):
             v = _on(self.vector, act, v_cache)
             delta = v * (_per_row(_on(self.coef, act, c_cache).reshape(-1), act.shape[0], act.ndim)
@@ -230,7 +238,8 @@ class SubspacePatch(Intervention):
 
     def make_hook(self, model):
         src = activations(model, self.source, self.hook) if not self.source.is_floating_point() else self.source
-        Q, src_cache, q_cache = self.projector_basis, {}, {}
+        Q = self.projector_basis
+        src_cache, q_cache = _prewarm(src, model, {}), _prewarm(Q, model, {})
         def patch(act, hook):
             s, q = _on(src, act, src_cache), _on(Q, act, q_cache)
             if s.shape[0] not in (1, act.shape[0]):
@@ -268,7 +277,7 @@ class Clamp(Intervention):
         return self.steps is None or self.steps[0] <= step < self.steps[1]
 
     def make_hook(self, model):
-        cache = {}
+        cache = _prewarm(self.value, model, {}) if isinstance(self.value, Tensor) else {}
         def clamp(act, hook):
             ix = _site(act, self.hook, self.positions, self.heads)
             target = self.value(act) if callable(self.value) else _on(self.value, act, cache)
