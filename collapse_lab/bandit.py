@@ -343,18 +343,20 @@ def train_agent(
     n_layers:int=3, d_model:int=64, n_heads:int=4,   # agent size
     seed:int=0,             # model init, data and sampling seed
     progress:bool=True,     # progress bar with the loss
+    device:str="cpu",       # where the agent trains ("auto" picks CUDA when present)
 )->tuple:                   # (model, losses: list of floats)
     "Train a small in-context bandit agent to imitate an overconfident epsilon-greedy policy's exact action probabilities."
     r = TokenRendering(k)
     torch.manual_seed(seed)
-    model = tiny_model(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=r.d_vocab, n_ctx=r.n_ctx(horizon), seed=seed)
+    model = tiny_model(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=r.d_vocab, n_ctx=r.n_ctx(horizon), seed=seed, device=device)
+    dev = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1., (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train(); losses = []
     bar = tqdm(range(steps), desc="train agent", disable=not progress)
     for s in bar:
         toks, tgt = policy_data(Bandits(batch, k, horizon, seed=seed * 100003 + s), policy, seed=s, **(policy_kw or {}))
-        loss = imitation_loss(model(toks), tgt, r.action_tokens)
+        loss = imitation_loss(model(toks.to(dev)), tgt.to(dev), r.action_tokens)
         opt.zero_grad(); loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(); sched.step()
