@@ -173,10 +173,10 @@ def east_vector(
     X = gather_activations(model, prompts, hook, position, batch_size, progress, "EAST activations")
     ref = X.norm(dim=-1).mean().item()
     if center:
-        if groups is None: X = X - X.mean(0)
+        if groups is None: X -= X.mean(0)   # in place: memory stays one vector per prompt
         else:
             for g in groups.unique(): X[groups == g] -= X[groups == g].mean(0)
-    u = (H[:, None] * X).sum(0) / H.sum()
+    u = H @ X / H.sum()
     u = normalize_vector(u, normalize, ref)
     return SteeringVector(u, hook, _record(model, hook, "east", normalize, n, ref, position=position, center=center,
                                            grouped=groups is not None, mean_entropy=H.mean().item()))
