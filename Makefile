@@ -18,8 +18,9 @@ $(STAMP): settings.ini setup.py
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# JupyterLab refuses to run as root without --allow-root (containers and these build machines run as root).
 lab: setup
-	$(BIN)/jupyter lab nbs/tutorials
+	$(BIN)/jupyter lab nbs/tutorials $(if $(filter 0,$(shell id -u)),--allow-root)
 
 export: setup
 	$(BIN)/nbdev_export
