@@ -181,12 +181,16 @@ def greedy_policy(
     n_init:int=2,         # steps that try distinct arms uniformly at random before going greedy
 )->Tensor:                # [n, k] exact probabilities of the next action
     "An overconfident policy: try `n_init` distinct random arms, then epsilon-greedy on the empirical means (ties split)."
-    n, t = actions.shape
+    return _epsilon_greedy(actions, rewards, k, n_init, lambda counts, best: eps)
+
+def _epsilon_greedy(actions, rewards, k, n_init, eps_of)->Tensor:
+    "Uniform over untried arms for the first `n_init` steps, then epsilon-greedy with eps = eps_of(counts, best)."
     counts, sums = _empirical(actions, rewards, k)
-    if t < n_init:
+    if actions.shape[1] < n_init:
         untried = (counts == 0).float()
         return untried / untried.sum(-1, keepdim=True)
     best = _best_tried(counts, sums).float()
+    eps = eps_of(counts, best)
     return eps / k + (1 - eps) * best / best.sum(-1, keepdim=True)
 
 def shrinking_policy(
@@ -197,15 +201,10 @@ def shrinking_policy(
     n_init:int=2,         # steps that try distinct arms uniformly at random first
 )->Tensor:                # [n, k] exact probabilities of the next action
     "Overconfident policy whose confidence grows with evidence: epsilon-greedy with eps = eps0 / n_best, n_best the greedy arm's pulls."
-    n, t = actions.shape
-    counts, sums = _empirical(actions, rewards, k)
-    if t < n_init:
-        untried = (counts == 0).float()
-        return untried / untried.sum(-1, keepdim=True)
-    best = _best_tried(counts, sums).float()
-    n_best = (counts * best).sum(-1, keepdim=True) / best.sum(-1, keepdim=True)
-    eps = eps0 / n_best.clamp_min(1)
-    return eps / k + (1 - eps) * best / best.sum(-1, keepdim=True)
+    def eps_of(counts, best):
+        n_best = (counts * best).sum(-1, keepdim=True) / best.sum(-1, keepdim=True)
+        return eps0 / n_best.clamp_min(1)
+    return _epsilon_greedy(actions, rewards, k, n_init, eps_of)
 
 def ucb1_policy(actions:Tensor, rewards:Tensor, k:int, c:float=2.0)->Tensor:
     "UCB1 (Auer et al., 2002): each untried arm once, then argmax mean + sqrt(c ln t / n_a); a deterministic baseline."
