@@ -1,5 +1,6 @@
 __version__ = "0.0.1"
 from .core import *
+from .prompts import *
 from .interventions import *
 from . import metrics, viz
 from .steering import *

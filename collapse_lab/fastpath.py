@@ -4,7 +4,7 @@
 
 # %% ../nbs/01b_fastpath.ipynb #aa1f5e62
 from __future__ import annotations
-import copy, warnings
+import copy, inspect, warnings
 from collections import OrderedDict
 from operator import attrgetter
 from typing import Callable, Sequence
@@ -282,10 +282,20 @@ def fast_applies(
     return b is not None and all(h in b.sites for h in hooks) and not _bridge_hooked(b)
 
 # %% ../nbs/01b_fastpath.ipynb #348e39c1
+def _mask_kwargs(module:nn.Module, attention_mask:Tensor|None, device)->dict:
+    "`attention_mask` and, where the forward takes them, position ids counted over real tokens (left padding)."
+    if attention_mask is None: return {}
+    mask = attention_mask.to(device)
+    kw = {"attention_mask": mask}
+    if "position_ids" in inspect.signature(module.forward).parameters:
+        kw["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    return kw
+
 def fast_forward(
     model,                      # a TransformerBridge for which `fast_applies` holds
     tokens:Tensor,              # [batch, pos] (or [pos]) token ids
     hooks:Sequence[tuple]=(),   # (hook name, fn(act, hook) -> act or None) pairs, as TransformerLens takes them
+    attention_mask:Tensor|None=None, # [batch, pos], 1 for real tokens, for a left-padded batch
 )->Tensor:
     "Logits of the bare view on `tokens` with `hooks` attached as plain forward hooks; all removed on exit."
     b = _bare_state(model)
@@ -298,10 +308,11 @@ def fast_forward(
         b.training = model.training
     tokens = torch.as_tensor(tokens)
     if tokens.ndim == 1: tokens = tokens[None]
+    dev = _model_device(model)
     removers = []
     try:
         for name, fn in hooks: removers.append(_add_hook(*b.sites[name], name, fn))
-        out = b.module(input_ids=tokens.to(_model_device(model)), **_hf_kwargs(b.module))
+        out = b.module(input_ids=tokens.to(dev), **_hf_kwargs(b.module), **_mask_kwargs(b.module, attention_mask, dev))
     finally:
         for r in reversed(removers): r()
     return _logits(out)

@@ -14,6 +14,7 @@ from torch import Tensor
 from safetensors.torch import save_file, safe_open
 
 from .core import check_hook, hook_shape, _model_device
+from .prompts import Prompts, as_prompts
 from .fastpath import fast_applies, fast_forward
 
 # %% auto #0
@@ -209,7 +210,7 @@ class SubspacePatch(Intervention):
     "Patch the span of `basis` at `hook` from the `source` run: h <- h + P (h_source - h)."
     hook:str                              # hook name
     basis:Tensor                          # [k, d] (or [d] for one direction); orthonormalised internally
-    source:Tensor                         # source tokens [batch, pos] (int) or source activations [batch, pos, ..., d]
+    source:Tensor|Sequence                # source prompts (token ids, strings: see `as_prompts`) or activations [batch, pos, ..., d] (float)
     positions:Sequence[int]|None=None     # positions to patch (in both runs); None = all
 
     def __post_init__(self):
@@ -221,7 +222,15 @@ class SubspacePatch(Intervention):
         if rank < b.shape[0]:
             raise ValueError(f"basis is rank-deficient: {b.shape[0]} vectors span only {rank} dimensions; drop the dependent ones.")
         self.basis = b
+        if isinstance(self.source, str) or (isinstance(self.source, (list, tuple, Prompts))
+                                            and not all(isinstance(x, (int, float)) for x in self.source)):
+            return   # prompts: tokenised by the model when the patch is made
         self.source = _tensor(self.source, "SubspacePatch source")
+
+    @property
+    def source_is_activation(self)->bool:
+        "Is `source` the activations themselves (a float tensor), rather than prompts to run?"
+        return isinstance(self.source, Tensor) and self.source.is_floating_point()
 
     @property
     def projector_basis(self)->Tensor:
@@ -233,11 +242,11 @@ class SubspacePatch(Intervention):
         d = _hook_shape(model, self.hook)[-1]
         if self.basis.shape[1] != d:
             raise ValueError(f"basis vectors have size {self.basis.shape[1]} but {self.hook} activations have last dimension {d}.")
-        if self.source.is_floating_point() and self.source.shape[-1] != d:
+        if self.source_is_activation and self.source.shape[-1] != d:
             raise ValueError(f"source activations have last dimension {self.source.shape[-1]} but {self.hook} has {d}.")
 
     def make_hook(self, model):
-        src = activations(model, self.source, self.hook) if not self.source.is_floating_point() else self.source
+        src = self.source if self.source_is_activation else activations(model, self.source, self.hook)
         Q = self.projector_basis
         src_cache, q_cache = _prewarm(src, model, {}), _prewarm(Q, model, {})
         def patch(act, hook):
@@ -314,24 +323,25 @@ class Ablate(Intervention):
 # %% ../nbs/01_interventions.ipynb #e6c3068e
 def activations(
     model,                 # a TransformerBridge
-    tokens:Tensor,         # [batch, pos] token ids
+    tokens,                # prompts: [batch, pos] token ids, strings, or 1-D token tensors (see `as_prompts`)
     hook:str,              # hook name
     *interventions,        # interventions active during the run
     fast:bool=True,        # use the bare model (`collapse_lab.fastpath`) where it applies; False: always the bridge
+    attention_mask:Tensor|None=None, # with a padded [batch, pos] tensor: 1 for real tokens
 )->Tensor:
-    "The activation at `hook` for `tokens` (detached; no other activation is kept; the pass stops there)."
+    "The activation at `hook` for `tokens` (detached; the pass stops there). Padded batches are padded on the left."
     _check_hook(model, hook)
+    prompts = as_prompts(model, tokens, attention_mask)
     out = {}
     def keep(act, hook):
         out["act"] = act.detach()
         raise _Stop   # later layers and the logits cannot change it: skip them
     with torch.no_grad():
-        try: _forward(model, torch.as_tensor(tokens).to(_model_device(model)), _flatten(interventions), [(hook, keep)], fast)
+        try: _forward(model, prompts, _flatten(interventions), [(hook, keep)], fast)
         except _Stop: pass
     return out["act"]
 
 class _Stop(Exception): "Raised by `activations` once it holds the activation."
-
 
 # %% ../nbs/01_interventions.ipynb #e5cd616a
 def _attach(model, name:str, fn:Callable)->Callable:
@@ -368,38 +378,54 @@ def intervene(
     finally:
         for remove in reversed(removers): remove()
 
-def _fast_ok(ivs, tokens, return_type, kwargs)->bool:
+def _fast_ok(ivs, return_type, kwargs)->bool:
     "Could this run take the fast path, as far as the run itself goes (the model is checked by `fast_applies`)?"
-    if return_type != "logits" or kwargs or not isinstance(tokens, Tensor) or tokens.is_floating_point(): return False
+    if return_type != "logits" or kwargs: return False
     # A SubspacePatch after other interventions takes its source run with them active (as `intervene` does).
-    return not any(isinstance(iv, SubspacePatch) and not iv.source.is_floating_point() for iv in ivs[1:])
+    return not any(isinstance(iv, SubspacePatch) and not iv.source_is_activation for iv in ivs[1:])
 
-def _forward(model, tokens, ivs:list, extra:Sequence=(), fast:bool=True, return_type:str="logits", **kwargs):
+def _check_positions(ivs, prompts:Prompts):
+    "In a left-padded batch only negative positions (counted from each prompt's end) mean the same token in every row."
+    if not prompts.padded: return
+    for iv in ivs:
+        pos = getattr(iv, "positions", None)
+        pos = [pos] if isinstance(pos, int) else pos
+        if pos is not None and any(int(p) >= 0 for p in pos):
+            L = prompts.lengths.tolist()
+            raise ValueError(f"{type(iv).__name__} at {iv.hook} has positions={list(pos)}, counted from the start, but the "
+                             f"prompts have different lengths ({min(L)}..{max(L)} tokens) and are padded on the left, so "
+                             "position 0 is padding in the shorter ones. Use negative positions (-1 is each prompt's "
+                             "last token), or pass prompts of one length.")
+
+def _forward(model, prompts:Prompts, ivs:list, extra:Sequence=(), fast:bool=True, return_type:str="logits", **kwargs):
     "One forward pass with `ivs`, then the `extra` (name, fn) hooks, attached: the bare model when it applies, else the bridge."
     for iv in ivs: iv.validate(model)
-    if fast and _fast_ok(ivs, tokens, return_type, kwargs) and fast_applies(model, [iv.hook for iv in ivs] + [n for n, _ in extra]):
-        return fast_forward(model, tokens, [(iv.hook, iv.make_hook(model)) for iv in ivs] + list(extra))
+    _check_positions(ivs, prompts)
+    if fast and _fast_ok(ivs, return_type, kwargs) and fast_applies(model, [iv.hook for iv in ivs] + [n for n, _ in extra]):
+        return fast_forward(model, prompts.tokens, [(iv.hook, iv.make_hook(model)) for iv in ivs] + list(extra),
+                            attention_mask=prompts.attention_mask)
     with intervene(model, *ivs):
         removers = []
         try:
             for name, fn in extra: removers.append(_attach(model, name, fn))
-            return model(tokens, return_type=return_type, **kwargs)
+            return model(prompts.tokens, return_type=return_type, **prompts.forward_kwargs(), **kwargs)
         finally:
             for remove in reversed(removers): remove()
-
 
 # %% ../nbs/01_interventions.ipynb #6d979f55
 def run(
     model,                       # a TransformerBridge
-    tokens,                      # [batch, pos] token ids (or text, tokenised by the model)
+    tokens,                      # prompts: [batch, pos] token ids, strings, or 1-D token tensors (see `as_prompts`)
     *interventions,              # interventions to apply
     return_type:str="logits",    # passed to the model's forward ("logits", "loss", ...)
     fast:bool=True,              # use the bare model (`collapse_lab.fastpath`) where it applies; False: always the bridge
+    attention_mask:Tensor|None=None, # with a padded [batch, pos] tensor: 1 for real tokens (either side)
+    prepend_bos:bool|None=None,  # for strings: None uses the model's default (see `as_prompts`)
     **kwargs,                    # other forward arguments
 ):
-    "One forward pass of `model` on `tokens` with `interventions` applied."
-    return _forward(model, tokens, _flatten(interventions), (), fast, return_type, **kwargs)
-
+    "One forward pass of `model` on `tokens` with `interventions` applied; prompts of different lengths are left-padded."
+    prompts = as_prompts(model, tokens, attention_mask, prepend_bos)
+    return _forward(model, prompts, _flatten(interventions), (), fast, return_type, **kwargs)
 
 # %% ../nbs/01_interventions.ipynb #42ef6a78
 def previous_token_pattern(
@@ -464,12 +490,14 @@ def _auto_max_batch(model, tokens:Tensor)->int:
 # %% ../nbs/01_interventions.ipynb #d7866078
 def sweep(
     model,                         # a TransformerBridge
-    tokens:Tensor,                 # [batch, pos] token ids
+    tokens,                        # prompts: [batch, pos] token ids, strings, or 1-D token tensors (see `as_prompts`)
     intervention:Intervention,     # an intervention whose `coef` is a 1-D tensor of coefficients
     *others,                       # other interventions applied at every coefficient
     metric:Callable|None=None,     # f(logits [batch, pos, vocab]) -> value; None keeps the logits
     max_batch:int|None=None,       # most rows (coefficients x batch) in one pass, the memory budget; None: automatic
     fast:bool=True,                # use the bare model (`collapse_lab.fastpath`) where it applies
+    attention_mask:Tensor|None=None, # with a padded [batch, pos] tensor: 1 for real tokens (either side)
+    prepend_bos:bool|None=None,    # for strings: None uses the model's default (see `as_prompts`)
 )->SweepResult:
     "Evaluate `intervention` at every coefficient of its `coef` tensor, batched; equal to one `run` per coefficient."
     coefs = getattr(intervention, "coef", None)
@@ -477,14 +505,14 @@ def sweep(
         raise ValueError(f"sweep needs an intervention whose coef is a non-empty 1-D tensor, got coef={coefs!r}; "
                          "e.g. Steer(hook, v, coef=torch.linspace(-8, 8, 17)).")
     if max_batch is not None and max_batch < 1: raise ValueError(f"max_batch={max_batch} must be at least 1.")
-    tokens = torch.as_tensor(tokens).to(_model_device(model))
-    B = tokens.shape[0]
-    per = max(1, (max_batch or _auto_max_batch(model, tokens)) // B)
+    prompts = as_prompts(model, tokens, attention_mask, prepend_bos)
+    B = len(prompts)
+    per = max(1, (max_batch or _auto_max_batch(model, prompts.tokens)) // B)
     values = []
     with torch.no_grad():
         for start in range(0, len(coefs), per):
             chunk = coefs[start:start + per]
-            logits = run(model, tokens.repeat(len(chunk), 1), replace(intervention, coef=chunk), *others, fast=fast)
+            logits = run(model, prompts.repeat(len(chunk)), replace(intervention, coef=chunk), *others, fast=fast)
             for c in logits.view(len(chunk), B, *logits.shape[1:]):
                 values.append(metric(c) if metric is not None else c)
     name = "logits" if metric is None else getattr(metric, "__name__", "metric")
