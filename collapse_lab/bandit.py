@@ -247,11 +247,9 @@ def next_action_logits(
     rendering,                # a `TokenRendering` or `TextRendering` (it fixes the token ids)
     *interventions,           # applied during the pass (hooks removed after it)
 )->Tensor:                    # [n, d_vocab] logits of the token after the prompt
-    "Logits of the next token (the action) for each history, one forward pass (per prompt for text)."
-    dev = _model_device(model)
-    if isinstance(rendering, TextRendering):
-        return torch.cat([run(model, model.to_tokens(s).to(dev), *interventions)[:, -1] for s in rendering.render(actions, rewards)])
-    return run(model, rendering.render(actions, rewards).to(dev), *interventions)[:, -1]
+    "Logits of the next token (the action) for each history, one forward pass (text prompts are left-padded, so -1 is each one's end)."
+    prompts = rendering.render(actions, rewards)
+    return run(model, prompts if isinstance(prompts, list) else prompts.to(_model_device(model)), *interventions)[:, -1]
 
 def play(
     model,                    # the agent: a TransformerBridge reading a rendering of the history

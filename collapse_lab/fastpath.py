@@ -169,11 +169,17 @@ class _HookInfo:
     def __repr__(self): return f"HookPoint({self.name!r}, fast path)"
 
 # %% ../nbs/01b_fastpath.ipynb #02d0b837
+_HOOK_ATTRS = [attrgetter(a) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")]
+
 class _Bare:
     "A model's bare view, its verified fast sites, and what it was built from."
     def __init__(self, module, sites, key, pairs, hook_points):
         self.module, self.sites, self.key, self.pairs, self.training = module, sites, key, pairs, module.training
-        self.hook_points = hook_points   # the bridge's hook points, each once (its `hook_dict` is rebuilt per access)
+        # The bridge's hook points, each once (its `hook_dict` is rebuilt per access). Some families carry TransformerLens's
+        # own permanent hooks (OPT's MLP reshapes); the bare view was verified with them in place, so only hooks beyond
+        # those mean "someone else is hooked": points with their own hooks are checked by count.
+        self.hook_points = [h for h in hook_points if not any(get(h) for get in _HOOK_ATTRS)]
+        self.own = [(h, get, len(get(h))) for h in hook_points for get in _HOOK_ATTRS if any(g(h) for g in _HOOK_ATTRS)]
 
 def _key(model)->tuple:
     "What invalidates a bare view: the wrapped model and its blocks (a replaced module means a new view)."
@@ -267,11 +273,9 @@ def fast_sites(
     b = _bare_state(model)
     return [] if b is None else sorted(b.sites)
 
-_HOOK_ATTRS = [attrgetter(a) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")]
-
 def _bridge_hooked(b:_Bare)->bool:
-    "Does any hook point of the bridge carry a hook (someone's `intervene`, `hooks()`, `add_hook`)? Checked every run."
-    return any(any(map(get, b.hook_points)) for get in _HOOK_ATTRS)
+    "Does any hook point of the bridge carry a hook beyond TransformerLens's own (someone's `intervene`, `add_hook`)? Checked every run."
+    return any(any(map(get, b.hook_points)) for get in _HOOK_ATTRS) or any(len(get(h)) != n for h, get, n in b.own)
 
 def fast_applies(
     model,                  # a TransformerBridge

@@ -384,23 +384,10 @@ def _fast_ok(ivs, return_type, kwargs)->bool:
     # A SubspacePatch after other interventions takes its source run with them active (as `intervene` does).
     return not any(isinstance(iv, SubspacePatch) and not iv.source_is_activation for iv in ivs[1:])
 
-def _check_positions(ivs, prompts:Prompts):
-    "In a left-padded batch only negative positions (counted from each prompt's end) mean the same token in every row."
-    if not prompts.padded: return
-    for iv in ivs:
-        pos = getattr(iv, "positions", None)
-        pos = [pos] if isinstance(pos, int) else pos
-        if pos is not None and any(int(p) >= 0 for p in pos):
-            L = prompts.lengths.tolist()
-            raise ValueError(f"{type(iv).__name__} at {iv.hook} has positions={list(pos)}, counted from the start, but the "
-                             f"prompts have different lengths ({min(L)}..{max(L)} tokens) and are padded on the left, so "
-                             "position 0 is padding in the shorter ones. Use negative positions (-1 is each prompt's "
-                             "last token), or pass prompts of one length.")
-
 def _forward(model, prompts:Prompts, ivs:list, extra:Sequence=(), fast:bool=True, return_type:str="logits", **kwargs):
     "One forward pass with `ivs`, then the `extra` (name, fn) hooks, attached: the bare model when it applies, else the bridge."
     for iv in ivs: iv.validate(model)
-    _check_positions(ivs, prompts)
+    for iv in ivs: prompts.check_positions(getattr(iv, 'positions', None), f'{type(iv).__name__} at {iv.hook}')
     if fast and _fast_ok(ivs, return_type, kwargs) and fast_applies(model, [iv.hook for iv in ivs] + [n for n, _ in extra]):
         return fast_forward(model, prompts.tokens, [(iv.hook, iv.make_hook(model)) for iv in ivs] + list(extra),
                             attention_mask=prompts.attention_mask)

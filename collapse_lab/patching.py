@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .core import check_hook, hook_name, _model_device
 from .interventions import SubspacePatch, Clamp, activations, intervene, run, _attach, _site
+from .prompts import Prompts, as_prompts
 
 # %% auto #0
 __all__ = ['patch_direction', 'orthonormal_basis', 'patch_subspace', 'Decomposition', 'decompose', 'logit_diff',
@@ -126,8 +127,8 @@ def _as_basis(basis)->Tensor|None:
 
 def patched_logits(
     model,                  # a TransformerBridge
-    base:Tensor,            # [n, pos] base tokens
-    source:Tensor,          # [n, pos] source tokens
+    base,                   # base prompts: [n, pos] tokens, strings or token lists (see `as_prompts`)
+    source,                 # source prompts, paired with `base`
     hook:str,               # hook name
     basis=None,             # [k, d] subspace (or [d]); None patches the whole activation
     positions=(-1,),        # positions patched (in both runs)
@@ -138,10 +139,14 @@ def patched_logits(
     b = _as_basis(basis)
     if b is None: b = torch.eye(src.shape[-1])
     with torch.no_grad():
-        return run(model, base.to(_model_device(model)), SubspacePatch(hook, b, src, positions=positions)).cpu()
+        return run(model, base, SubspacePatch(hook, b, src, positions=positions)).cpu()
+
+def _base_ld(model, base, answer, counterfactual)->float:
+    "Mean logit difference (answer - counterfactual) of the unpatched base run."
+    with torch.no_grad(): return logit_diff(run(model, base).cpu(), answer, counterfactual).mean().item()
 
 def patch_metrics(
-    model, base:Tensor, source:Tensor, hook:str,
+    model, base, source, hook:str,   # base and source prompts (see `as_prompts`), hook name
     answer:Tensor,            # [n] the base's correct answers
     counterfactual:Tensor,    # [n] the answers the source's feature value implies
     basis=None,               # subspace; None = full activation patch
@@ -150,8 +155,7 @@ def patch_metrics(
     base_ld:float|None=None,    # logit difference without a patch (computed when None)
 )->dict:
     "Logit difference (answer - counterfactual), interchange accuracy and fraction of the reference effect."
-    if base_ld is None:
-        with torch.no_grad(): base_ld = logit_diff(model(base.to(_model_device(model))).cpu(), answer, counterfactual).mean().item()
+    if base_ld is None: base_ld = _base_ld(model, base, answer, counterfactual)
     lg = patched_logits(model, base, source, hook, basis, positions)
     ld = logit_diff(lg, answer, counterfactual).mean().item()
     out = dict(logit_diff=ld, interchange_accuracy=interchange_accuracy(lg, counterfactual),
@@ -189,9 +193,9 @@ class DASResult:
     def __repr__(self):
         return f"DASResult(rank={len(self.basis)}, hook={self.hook!r}, positions={list(self.positions)}, loss {self.losses[0]:.3f} -> {self.losses[-1]:.3f})"
 
-def _check_pairs(base, source, answers):
-    if base.shape != source.shape:
-        raise ValueError(f"base {list(base.shape)} and source {list(source.shape)} token shapes differ; pairs must align.")
+def _check_pairs(base:Prompts, source:Prompts, answers):
+    if len(base) != len(source):
+        raise ValueError(f"{len(base)} base and {len(source)} source prompts: pairs must align.")
     if answers is None: raise ValueError("answers=None: pass the counterfactual answer token for each pair.")
     answers = torch.as_tensor(answers).reshape(-1)
     if len(answers) != len(base): raise ValueError(f"{len(answers)} answers for {len(base)} pairs.")
@@ -199,8 +203,8 @@ def _check_pairs(base, source, answers):
 
 def das(
     model,                      # a TransformerBridge (its weights are left exactly as they were)
-    base:Tensor,                # [n, pos] base tokens
-    source:Tensor,              # [n, pos] source tokens (paired with base)
+    base,                       # base prompts: [n, pos] tokens, strings or token lists (see `as_prompts`)
+    source,                     # source prompts, paired with base
     hook:str,                   # hook name, e.g. "blocks.1.hook_resid_post" or "blocks.0.mlp.hook_post"
     rank:int=1,                 # dimension of the subspace
     positions=(-1,),            # positions patched (in both runs)
@@ -212,8 +216,10 @@ def das(
     progress:bool=True,         # show a progress bar
 )->DASResult:
     "Distributed alignment search: learn orthonormal Q [d, k] minimising CE(logits(h + (h_s - h) Q Q^T), answers)."
+    base, source = as_prompts(model, base), as_prompts(model, source)
     answers = _check_pairs(base, source, answers)
     check_hook(model, hook)
+    base.check_positions(positions, "das"); source.check_positions(positions, "das")
     if steps < 1: raise ValueError(f"steps={steps} must be at least 1.")
     dev = _model_device(model)
     src = activations(model, source, hook)
@@ -246,7 +252,8 @@ def das(
         for step in bar:
             idx = torch.randint(len(base), (min(batch_size, len(base)),), generator=gen)
             batch["src"] = src[idx].to(dev)
-            loss = F.cross_entropy(_last(model(base[idx].to(dev))).float(), answers[idx].to(dev))
+            b = base[idx]
+            loss = F.cross_entropy(_last(model(b.tokens, **b.forward_kwargs())).float(), answers[idx].to(dev))
             opt.zero_grad(); loss.backward(); opt.step()
             losses.append(loss.item())
             if step % 20 == 0: bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -260,13 +267,13 @@ def das(
 # %% ../nbs/04_patching.ipynb #3c7478e7
 def mean_difference_direction(
     model,                 # a TransformerBridge
-    tokens:Tensor,         # [n, pos] prompts
+    tokens,                # [n, pos] tokens, strings or token lists (see `as_prompts`)
     labels:Tensor,         # [n] 0/1 class of each prompt (e.g. ABB = 0, BAB = 1)
     hook:str,              # hook name
     position:int=-1,       # position read
 )->Tensor:                 # [d]
     "Mean activation of class 1 minus mean activation of class 0 at `hook`, `position`."
-    labels = torch.as_tensor(labels).reshape(-1)
+    labels, tokens = torch.as_tensor(labels).reshape(-1), as_prompts(model, tokens)
     if len(labels) != len(tokens): raise ValueError(f"{len(labels)} labels for {len(tokens)} prompts.")
     if not ((labels == 0).any() and (labels == 1).any()):
         raise ValueError("labels must contain both classes 0 and 1 to take a mean difference.")
@@ -275,7 +282,7 @@ def mean_difference_direction(
 
 def gradient_direction(
     model,                 # a TransformerBridge
-    tokens:Tensor,         # [n, pos] prompts
+    tokens,                # [n, pos] tokens, strings or token lists (see `as_prompts`)
     answer:Tensor,         # [n] answer tokens
     other:Tensor,          # [n] tokens to compare against
     hook:str,              # hook name
@@ -283,6 +290,8 @@ def gradient_direction(
 )->Tensor:                 # [d]
     "Mean gradient of logit(answer) - logit(other) with respect to the activation at `hook`, `position`."
     check_hook(model, hook)
+    tokens = as_prompts(model, tokens)
+    tokens.check_positions(position, "gradient_direction")
     held = {}
     def grab(act, hook):
         act = act.detach().requires_grad_(True)
@@ -291,7 +300,7 @@ def gradient_direction(
     remove = _attach(model, hook, grab)
     try:
         with torch.enable_grad():
-            ld = logit_diff(model(tokens.to(_model_device(model))), answer, other).sum()
+            ld = logit_diff(model(tokens.tokens, **tokens.forward_kwargs()), answer, other).sum()
             g, = torch.autograd.grad(ld, held["act"])
     finally: remove()
     return g[:, position].float().mean(0).cpu()
@@ -310,8 +319,8 @@ class IllusionReport:
 
 def illusion_report(
     model,                    # a TransformerBridge
-    base:Tensor,              # [n, pos] base tokens (use held-out pairs)
-    source:Tensor,            # [n, pos] source tokens
+    base,                     # base prompts (use held-out pairs): tokens, strings or token lists
+    source,                   # source prompts, paired with base
     hook:str,                 # hook name of the patched site
     direction:Tensor,         # [d] the direction (e.g. `das(...).direction`)
     W:Tensor,                 # [d, m] downstream weights used as h @ W (e.g. W_out of the MLP)
@@ -324,11 +333,12 @@ def illusion_report(
     import pandas as pd
     direction = torch.as_tensor(direction, dtype=torch.float32).reshape(-1)
     dec = decompose(direction, W.float().cpu(), rtol)
-    with torch.no_grad(): base_ld = logit_diff(model(base.to(_model_device(model))).cpu(), answer, counterfactual).mean().item()
+    base, source = as_prompts(model, base), as_prompts(model, source)
+    base_ld = _base_ld(model, base, answer, counterfactual)
     kw = dict(answer=answer, counterfactual=counterfactual, positions=positions, base_ld=base_ld)
     full = patch_metrics(model, base, source, hook, basis=None, **kw)
     rows = {"no patch": dict(logit_diff=base_ld, interchange_accuracy=interchange_accuracy(
-                run(model, base.to(_model_device(model))).detach().cpu(), counterfactual), fraction_ld_decrease=0.0, share=float("nan")),
+                run(model, base).detach().cpu(), counterfactual), fraction_ld_decrease=0.0, share=float("nan")),
             "full activation": full | dict(share=float("nan"))}
     nv2 = float(direction.norm() ** 2)
     for name, vec in (("direction", direction), ("rowspace component", dec.rowspace), ("nullspace component", dec.nullspace)):
@@ -374,8 +384,8 @@ class PatchingSweep:
 
 def patching_sweep(
     model,                  # a TransformerBridge
-    base:Tensor,            # [n, pos] base tokens
-    source:Tensor,          # [n, pos] source tokens (positions aligned with base)
+    base,                   # base prompts: [n, pos] tokens, strings or token lists (see `as_prompts`)
+    source,                 # source prompts (positions aligned with base)
     answer:Tensor,          # [n] the base's answers
     counterfactual:Tensor,  # [n] the counterfactual answers
     kind:str="resid_pre",   # hook kind (see `collapse_lab.core.hook_name`); "z" sweeps heads at `positions`
@@ -384,13 +394,15 @@ def patching_sweep(
     progress:bool=False,    # show a progress bar
 )->PatchingSweep:
     "Full activation patching at every layer x position (or layer x head for `kind='z'`)."
-    if base.shape != source.shape: raise ValueError(f"base {list(base.shape)} and source {list(source.shape)} differ in shape.")
+    base, source = as_prompts(model, base), as_prompts(model, source)
+    if base.tokens.shape != source.tokens.shape:
+        raise ValueError(f"base {list(base.tokens.shape)} and source {list(source.tokens.shape)} token shapes differ; "
+                         "a sweep over positions needs pairs aligned token by token.")
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     hooks = [hook_name(kind, l, model) for l in layers]
-    dev = _model_device(model)
-    with torch.no_grad(): base_ld = logit_diff(model(base.to(dev)).cpu(), answer, counterfactual).mean().item()
+    base_ld = _base_ld(model, base, answer, counterfactual)
     heads = kind == "z"
-    cols = list(range(model.cfg.n_heads)) if heads else list(range(base.shape[1]) if positions is None else positions)
+    cols = list(range(model.cfg.n_heads)) if heads else list(range(base.tokens.shape[1]) if positions is None else positions)
     out = torch.zeros(len(layers), len(cols))
     bar = tqdm(total=len(layers) * len(cols), desc=f"patching {kind}", disable=not progress)
     for i, h in enumerate(hooks):
@@ -400,7 +412,7 @@ def patching_sweep(
                 ix = _site(src, h, positions if positions is not None else [-1], [c])
                 iv = Clamp(h, src[ix], heads=[c], positions=list(positions if positions is not None else [-1]))
             else: iv = SubspacePatch(h, torch.eye(src.shape[-1]), src, positions=[c])
-            with torch.no_grad(): out[i, j] = logit_diff(run(model, base.to(dev), iv).cpu(), answer, counterfactual).mean()
+            with torch.no_grad(): out[i, j] = logit_diff(run(model, base, iv).cpu(), answer, counterfactual).mean()
             bar.update()
     bar.close()
     return PatchingSweep(out, base_ld, kind, layers, cols, "head" if heads else "position")

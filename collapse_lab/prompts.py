@@ -53,6 +53,21 @@ class Prompts:
         "`attention_mask=` for a forward pass when the batch is padded, else nothing."
         return {} if self.attention_mask is None else {"attention_mask": self.attention_mask}
 
+    def __getitem__(self, rows)->Prompts:
+        "The prompts at `rows` (an index, slice, or index tensor), still left-padded to one width."
+        rows = [rows] if isinstance(rows, int) else rows
+        m = self.attention_mask
+        return Prompts(self.tokens[rows], None if m is None else m[rows])
+
+    def check_positions(self, positions, what:str):
+        "Refuse `positions` counted from the start (>= 0) when rows are padded: position 0 is padding in the shorter ones."
+        pos = [positions] if isinstance(positions, int) else positions
+        if not self.padded or pos is None or all(int(p) < 0 for p in pos): return
+        L = self.lengths.tolist()
+        raise ValueError(f"{what} has positions={list(pos)}, counted from the start, but the prompts have different "
+                         f"lengths ({min(L)}..{max(L)} tokens) and are padded on the left, so position 0 is padding in "
+                         "the shorter ones. Use negative positions (-1 is each prompt's last token), or pass prompts of one length.")
+
     def __len__(self): return self.tokens.shape[0]
 
     def __repr__(self):
@@ -82,6 +97,7 @@ def prompt_list(
         if prompts.is_floating_point() or prompts.ndim not in (1, 2) or prompts.numel() == 0:
             raise ValueError(f"A prompt tensor must hold token ids, 1-D [pos] or 2-D [batch, pos], got "
                              f"{str(prompts.dtype).removeprefix('torch.')} of shape {list(prompts.shape)}.")
+        if prompts.ndim == 2: _check_unpadded(model, prompts.cpu())
         return list(prompts.long().cpu()) if prompts.ndim == 2 else [prompts.long().cpu()]
     out = []
     for i, p in enumerate(prompts):

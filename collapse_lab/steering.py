@@ -16,27 +16,13 @@ from safetensors.torch import save as _st_save, load as _st_load
 
 from .core import check_hook, hook_shape, _model_device
 from .interventions import Steer, activations
+from .prompts import prompt_list
 
 # %% auto #0
 __all__ = ['gather_activations', 'normalize_vector', 'SteeringVector', 'mean_difference', 'east_vector', 'save_vector',
            'load_vector']
 
 # %% ../nbs/03_steering.ipynb #b77e161b
-def _as_prompt_list(model, prompts)->list[Tensor]:
-    "Prompts as a list of 1-D long tensors (token tensors pass through; strings are tokenised by the model)."
-    if isinstance(prompts, Tensor):
-        if prompts.ndim != 2: raise ValueError(f"prompts tensor must be [n, pos] token ids, got shape {list(prompts.shape)}.")
-        return list(prompts.long())
-    out = []
-    for i, p in enumerate(prompts):
-        if isinstance(p, str): p = model.to_tokens(p)[0]
-        p = torch.as_tensor(p)
-        if p.ndim != 1 or p.numel() == 0 or p.is_floating_point():
-            raise ValueError(f"prompt {i} must be a string or a non-empty 1-D tensor of token ids, got {p!r}.")
-        out.append(p.long())
-    if not out: raise ValueError("prompts is empty: pass at least one prompt.")
-    return out
-
 def gather_activations(
     model,                      # a TransformerBridge
     prompts,                    # [n, pos] token ids, or a list of 1-D token tensors / strings (lengths may differ)
@@ -49,7 +35,7 @@ def gather_activations(
     "The activation at `hook` and `position` for each prompt, streamed in batches (one vector kept per prompt)."
     check_hook(model, hook)
     if batch_size < 1: raise ValueError(f"batch_size={batch_size} must be at least 1.")
-    ps = _as_prompt_list(model, prompts)
+    ps = prompt_list(model, prompts)   # one tensor per prompt: batches below group equal lengths, so nothing is padded
     for i, p in enumerate(ps):
         if not -len(p) <= position < len(p):
             raise ValueError(f"position={position} is out of range for prompt {i} of length {len(p)}.")
