@@ -169,7 +169,7 @@ def as_prompts(
         if not ((m == 0) | (m == 1)).all(): raise ValueError("attention_mask must hold only 0 (padding) and 1 (real tokens).")
         if (m.sum(-1) == 0).any():
             raise ValueError(f"rows {(m.sum(-1) == 0).nonzero().flatten().tolist()} of attention_mask have no real token.")
-        rows = [t[r.bool()] for t, r in zip(prompt_list(model, prompts), m)]
+        rows = [t[r.bool()] for t, r in zip(prompts.long().cpu(), m)]
     else:
         if isinstance(prompts, Tensor) and prompts.ndim == 2 and not prompts.is_floating_point():
             _check_unpadded(model, prompts.cpu())
