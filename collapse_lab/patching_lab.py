@@ -12,6 +12,7 @@ from torch import Tensor
 import ipywidgets as W
 
 from .core import hook_name, hook_shape, _model_device
+from .prompts import as_prompts, prompt_list
 from .patching import (decompose, das, mean_difference_direction, logit_diff, patched_logits, load_subspace)
 
 # %% auto #0
@@ -42,8 +43,8 @@ class PatchingLab:
     "Widget: patch a subspace (DAS / mean difference / saved / full) from source into base at a site picked on a heat map."
     def __init__(self,
                  model,                    # a TransformerBridge
-                 base:Tensor,              # [n, pos] base prompts
-                 source:Tensor,            # [n, pos] source prompts (paired with `base`)
+                 base,                     # base prompts of one token length: [n, pos] tokens, strings or token lists
+                 source,                   # source prompts (paired with `base`, same length)
                  answer:Tensor,            # [n] the base's answers
                  counterfactual:Tensor,    # [n] the counterfactual answers
                  labels:Tensor|None=None,  # [n] 0/1 class of each base prompt (enables "mean difference")
@@ -52,7 +53,10 @@ class PatchingLab:
                  decode=None,              # ids -> text, for the pair picker and position labels
                  das_steps:int=100,        # DAS steps when "DAS" is chosen
                  n_show:int=20):           # pairs offered in the picker
-        if base.shape != source.shape: raise ValueError(f"base {list(base.shape)} and source {list(source.shape)} must have the same shape.")
+        base, source = as_prompts(model, base).tokens, as_prompts(model, source).tokens   # refuses a padded tensor without a mask
+        if base.shape != source.shape or len(set(map(len, prompt_list(model, base)))) != 1:
+            raise ValueError(f"base {list(base.shape)} and source {list(source.shape)} must be prompts of one token length: "
+                             "the heat map patches position by position, so every pair must align token by token.")
         bad = [k for k in kinds if k not in _KINDS]
         if bad: raise ValueError(f"kinds {bad} not supported; use some of {_KINDS}.")
         self.model, self.base, self.source = model, base, source
