@@ -38,7 +38,11 @@ def _bare_copy(m:nn.Module, memo:dict, cfg_map:dict)->nn.Module:
     "Shallow copy of `m` and its children with bridge components unwrapped; parameters and buffers are shared."
     m = _unwrap(m)
     if id(m) in memo: return memo[id(m)]
-    if "forward" in m.__dict__: raise _NotBare(f"{type(m).__name__} has a patched instance forward")
+    # TransformerLens patches some instances' forward (Falcon's layers and linears, for its backward hooks). A patch
+    # bound to the module is bound to the copy; any other is left out, so the copy runs its class's own forward.
+    # Either way `_verify` then holds the bare view to the bridge's logits.
+    fwd = m.__dict__.get("forward")
+    fwd = fwd if inspect.ismethod(fwd) and fwd.__self__ is m else None
     new = copy.copy(m)
     d = m.__dict__.copy()   # _parameters/_buffers stay the *same* dicts: .to(), load_state_dict show through
     for k in _HOOK_DICTS:
@@ -46,6 +50,8 @@ def _bare_copy(m:nn.Module, memo:dict, cfg_map:dict)->nn.Module:
     for k, v in d.items():   # HF modules read the attention kernel from their config: give them the bare one
         if id(v) in cfg_map: d[k] = cfg_map[id(v)]
     d["_modules"] = {}
+    d.pop("forward", None)
+    if fwd is not None: d["forward"] = fwd.__func__.__get__(new, type(new))
     new.__dict__ = d
     memo[id(m)] = new
     for k, v in m._modules.items(): d["_modules"][k] = None if v is None else _bare_copy(v, memo, cfg_map)
@@ -90,6 +96,7 @@ def _qkv_perm(fused:nn.Module, q:nn.Linear, k:nn.Linear, v:nn.Linear)->Tensor|No
     b = torch.cat([(m.bias.detach() if m.bias is not None else torch.zeros(m.weight.shape[0])).double().cpu() for m in (q, k, v)])
     x = torch.randn(8, W.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     f64 = copy.deepcopy(fused).to(device="cpu", dtype=torch.float64)
+    if not inspect.ismethod(f64.__dict__.get("forward", f64.forward)): del f64.__dict__["forward"]   # a patch closing over the original
     with torch.no_grad(): want, got = f64(x), x @ W.T + b
     if want.shape != got.shape: raise _NotBare(f"fused QKV output {list(want.shape)} != split {list(got.shape)}")
     perm = torch.empty(W.shape[0], dtype=torch.long)
@@ -213,8 +220,11 @@ def _bare_state(model, attn_implementation:str="sdpa")->_Bare|None:
     if b is not None and (b is False or b.key == key): return b or None
     try: b = _build(model, attn_implementation)
     except _NotBare as e:
-        warnings.warn(f"collapse_lab fast path off for this model ({e}); interventions run through the bridge.")
-        b = False
+        b, why = False, e
+        if attn_implementation != "eager":   # some modules fix their kernel at init (Falcon): keep the model's own
+            try: b = _build(model, None)
+            except _NotBare as e2: why = e2
+        if b is False: warnings.warn(f"collapse_lab fast path off for this model ({why}); interventions run through the bridge.")
     cache[attn_implementation] = b
     return b or None
 

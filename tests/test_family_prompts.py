@@ -30,6 +30,7 @@ def _hf_last(hf, ids, v, coef):
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_text_batch_hits_each_prompts_last_token(arch):
     model, hf, v = fs.family_model(arch), fs.zoo().hf(arch), _v()
+    assert HOOK in cl.fastpath.fast_sites(model)                    # every family takes the fast path (OPT, Falcon too)
     ids = cl.prompt_list(model, TEXTS)
     assert len({len(i) for i in ids}) == 3                          # three lengths: the batch is padded
     want = torch.stack([_hf_last(hf, i, v, 2.0) for i in ids])
