@@ -14,8 +14,8 @@ from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
 # %% auto #0
-__all__ = ['get_device', 'resolve_dtype', 'quick', 'tiny_model', 'load_model', 'tiny_hf_checkpoint', 'hook_names', 'check_hook',
-           'hook_name', 'hook_shape']
+__all__ = ['HF_FAMILIES', 'get_device', 'resolve_dtype', 'quick', 'tiny_model', 'load_model', 'tiny_hf_checkpoint', 'hook_names',
+           'check_hook', 'hook_name', 'hook_shape']
 
 # %% ../nbs/00_core.ipynb #ebc7e720
 def get_device(
@@ -103,6 +103,52 @@ def _cached_on_hub(name:str)->bool:
     except Exception: return False
 
 # %% ../nbs/00_core.ipynb #bc5ed2eb
+from transformer_lens.model_bridge.generalized_components import RotaryEmbeddingBridge
+
+def _saved_tokenizer(path:Path):
+    """The tokenizer a local checkpoint saved under the generic fast class, loaded as saved (with BOS, as
+    TransformerLens asks for). None where the checkpoint names a family class or has no `tokenizer.json`.
+    transformers 5 otherwise swaps it for the family's class on some model types (Qwen2: a word-level
+    vocabulary then encodes every word to nothing)."""
+    import json
+    from transformers import PreTrainedTokenizerFast
+    if not (path/"tokenizer.json").is_file(): return None
+    try: declared = json.loads((path/"tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError): return None
+    if declared not in ("TokenizersBackend", "PreTrainedTokenizerFast"): return None
+    try: return PreTrainedTokenizerFast.from_pretrained(str(path), add_bos_token=True)
+    except ValueError: return PreTrainedTokenizerFast.from_pretrained(str(path))   # no BOS token to add
+
+class _CastRotaryEmbeddingBridge(RotaryEmbeddingBridge):
+    """Rotary bridge whose cos/sin come in the dtype of the activations they rotate (as Llama's do). OLMo's
+    and OLMo-2's rotary modules return float32 cos/sin, which HF's own OLMo attention casts back after rotating;
+    the attention TransformerLens rebuilds does not, so in bf16 its float32 pattern meets bf16 values."""
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        x = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("x")
+        if not isinstance(x, Tensor) or not isinstance(out, tuple): return out
+        return tuple(t.to(x.dtype) if isinstance(t, Tensor) and t.is_floating_point() else t for t in out)
+
+def _dtype_error(model)->RuntimeError|None:
+    "Run 2 tokens through `model`; the dtype-mismatch error this raises, or None."
+    try:
+        with torch.no_grad(): model(torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device))
+    except RuntimeError as e:
+        if re.search(r"dtype|scalar type", str(e)): return e
+        raise
+    return None
+
+def _check_low_precision(model, dtype:torch.dtype):
+    "Make a bf16/fp16 bridge run (cast float32 rotary cos/sin), or raise a ValueError saying to load in float32."
+    if _dtype_error(model) is None: return
+    for m in model.modules():
+        if type(m) is RotaryEmbeddingBridge: m.__class__ = _CastRotaryEmbeddingBridge
+    err = _dtype_error(model)
+    if err is None: return
+    family = getattr(getattr(model.original_model, "config", None), "model_type", type(model.original_model).__name__)
+    raise ValueError(f"The TransformerLens bridge for {family!r} models does not run in {dtype} ({err}). "
+                     'Load it with dtype="float32".')
+
 def load_model(
     name_or_path:str|Path,            # hub name ("gpt2") or a local checkpoint folder
     device:str|torch.device="auto",   # "auto" picks CUDA when present; ignored when `device_map` is given
@@ -122,43 +168,93 @@ def load_model(
                       "checkpoint folder (a folder written by `save_pretrained`) instead.")
     kw = dict(dtype=resolve_dtype(dtype) or torch.float32) | kwargs
     if "device_map" not in kw and "n_devices" not in kw: kw["device"] = str(get_device(device))
-    model = TransformerBridge.boot_transformers(str(path) if looks_local else name, **kw)
-    return model.eval()
+    if looks_local and kw.get("tokenizer") is None:
+        tok = _saved_tokenizer(path)
+        if tok is not None: kw["tokenizer"] = tok
+    model = TransformerBridge.boot_transformers(str(path) if looks_local else name, **kw).eval()
+    if kw["dtype"] in (torch.bfloat16, torch.float16): _check_low_precision(model, kw["dtype"])
+    return model
 
 # %% ../nbs/00_core.ipynb #b4134662
+def _decoder(**extra):
+    "Config keys of a Llama-shaped decoder (grouped-query attention: half as many KV heads), plus `extra`."
+    def kw(L, d, h, v, n):
+        return dict(num_hidden_layers=L, hidden_size=d, num_attention_heads=h, num_key_value_heads=max(1, h//2),
+                    intermediate_size=4*d, vocab_size=v, max_position_embeddings=n) | {
+                    k: f(L, d, h, v, n) if callable(f) else f for k, f in extra.items()}
+    return kw
+
+_head_dim = lambda L, d, h, v, n: d // h          # families whose default head_dim is 128 or 256
+_window = lambda L, d, h, v, n: max(2, n // 4)     # sliding-window size: short enough to matter at n_ctx
+_alternating = lambda L, d, h, v, n: ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(L)]
+
+# arch -> (config class, causal-LM class, fn(n_layers, d_model, n_heads, d_vocab, n_ctx) -> config keys)
 _HF_ARCHS = {
     "gpt2": ("GPT2Config", "GPT2LMHeadModel",
              lambda L, d, h, v, n: dict(n_layer=L, n_embd=d, n_head=h, vocab_size=v, n_positions=n)),
+    "gpt_neo": ("GPTNeoConfig", "GPTNeoForCausalLM",
+                lambda L, d, h, v, n: dict(num_layers=L, hidden_size=d, num_heads=h, vocab_size=v,
+                                           max_position_embeddings=n, window_size=max(2, n // 4),
+                                           attention_types=[[["global", "local"][i % 2:i % 2 + 1], 1] for i in range(L)])),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM",
                  lambda L, d, h, v, n: dict(num_hidden_layers=L, hidden_size=d, num_attention_heads=h,
                                             intermediate_size=4*d, vocab_size=v, max_position_embeddings=n)),
-    "llama": ("LlamaConfig", "LlamaForCausalLM",
-              lambda L, d, h, v, n: dict(num_hidden_layers=L, hidden_size=d, num_attention_heads=h,
-                                         num_key_value_heads=max(1, h//2), intermediate_size=4*d,
-                                         vocab_size=v, max_position_embeddings=n)),
+    "gptj": ("GPTJConfig", "GPTJForCausalLM",
+             lambda L, d, h, v, n: dict(n_layer=L, n_embd=d, n_head=h, vocab_size=v, n_positions=n,
+                                        rotary_dim=max(2, d // h // 2))),
+    "opt": ("OPTConfig", "OPTForCausalLM",
+            lambda L, d, h, v, n: dict(num_hidden_layers=L, hidden_size=d, num_attention_heads=h, ffn_dim=4*d,
+                                       word_embed_proj_dim=d, vocab_size=v, max_position_embeddings=n)),
+    "bloom": ("BloomConfig", "BloomForCausalLM",
+              lambda L, d, h, v, n: dict(n_layer=L, hidden_size=d, n_head=h, vocab_size=v)),
+    "falcon": ("FalconConfig", "FalconForCausalLM",
+               lambda L, d, h, v, n: dict(num_hidden_layers=L, hidden_size=d, num_attention_heads=h, vocab_size=v,
+                                          max_position_embeddings=n)),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", _decoder()),
+    "mistral": ("MistralConfig", "MistralForCausalLM", _decoder(sliding_window=_window)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _decoder()),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", _decoder(head_dim=_head_dim)),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", _decoder(head_dim=_head_dim)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+               _decoder(head_dim=_head_dim, query_pre_attn_scalar=_head_dim, sliding_window=_window, layer_types=_alternating)),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               _decoder(head_dim=_head_dim, query_pre_attn_scalar=_head_dim, sliding_window=_window, layer_types=_alternating)),
+    "phi": ("PhiConfig", "PhiForCausalLM", _decoder()),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", _decoder()),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM", _decoder()),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", _decoder()),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", _decoder()),
+    "granite": ("GraniteConfig", "GraniteForCausalLM",   # non-trivial multipliers, so a bridge that drops one shows
+                _decoder(embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.25, logits_scaling=2.0)),
 }
+HF_FAMILIES = tuple(_HF_ARCHS)   # the `arch`s `tiny_hf_checkpoint` writes
 
 def tiny_hf_checkpoint(
     path:str|Path,        # folder to write (created if missing)
-    arch:str="gpt2",      # one of "gpt2", "gpt_neox", "llama"
+    arch:str="gpt2",      # a model family, one of `HF_FAMILIES`
     n_layers:int=2, d_model:int=32, n_heads:int=4, d_vocab:int=100, n_ctx:int=64,
     seed:int=0,           # weight initialisation seed
 )->Path:
-    "Write a small randomly initialised Hugging Face checkpoint (model + tokenizer) to `path`."
+    """Write a small randomly initialised Hugging Face checkpoint (model + tokenizer) to `path`. The word-level
+    tokenizer maps `t{i}` to id i (3 <= i < d_vocab-1), with `<pad>`=0, `<bos>`=1, `<eos>`=2, `<unk>`=d_vocab-1:
+    token ids drawn from [3, d_vocab) are words, never padding."""
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
     if arch not in _HF_ARCHS: raise ValueError(f"arch={arch!r} is not one of {sorted(_HF_ARCHS)}.")
+    if d_vocab < 5: raise ValueError(f"d_vocab={d_vocab} leaves no room for words beside the 4 special tokens.")
     cfg_cls, model_cls, kw = _HF_ARCHS[arch]
+    specials = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = getattr(transformers, cfg_cls)(**kw(n_layers, d_model, n_heads, d_vocab, n_ctx), **specials)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        hf = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kw(n_layers, d_model, n_heads, d_vocab, n_ctx)))
+        hf = getattr(transformers, model_cls)(cfg)
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(path)
-    vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2} | {f"t{i}": i for i in range(3, d_vocab)}
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2} | {f"t{i}": i for i in range(3, d_vocab - 1)} | {"<unk>": d_vocab - 1}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>",
-                                         eos_token="<eos>").save_pretrained(path)
+                                         eos_token="<eos>", pad_token="<pad>").save_pretrained(path)
     return path
 
 # %% ../nbs/00_core.ipynb #fe8c3036
