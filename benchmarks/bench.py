@@ -1,5 +1,5 @@
 """Intervention benchmarks: forward passes with one Steer / SubspacePatch against the bare HF forward, batched sweeps,
-training with a clamp, SteeringLab updates and east_vector memory.
+steered generation against `transformers.generate`, training with a clamp, SteeringLab updates and east_vector memory.
 
 Every figure is the median of repeated runs in one process; the variants compared in one table are interleaved
 (A, B, C, A, B, C, ... with the order rotated each round), so drift of the machine hits them alike.
@@ -312,6 +312,73 @@ def east_set(device):
            f"(9,000 more float32 vectors of 256 = {per_vec:.1f} MiB)")
 
 
+# ---------------------------------------------------------------------------------------------- generate
+def generate_set(shape, device, dtype, batch, seq, reps, new=32, n_coef=16):
+    """Steered greedy generation of `new` tokens against `transformers`' own `generate` (greedy, same prompts,
+    unsteered), and `n_coef` steering coefficients generated in one batch against one generation per coefficient."""
+    print(f"\n[generate] {shape}  {str(dtype).removeprefix('torch.')}  batch {batch} x {seq} prompt + {new} new tokens on {device}",
+          flush=True)
+    hf, model, cfg = build(shape, device, dtype)
+    d, L = model.cfg.d_model, model.cfg.n_layers
+    layer = L // 2
+    hook = f"blocks.{layer}.hook_resid_post"
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(3, model.cfg.d_vocab, (batch, seq), generator=g).to(device)
+    mask = torch.ones_like(tokens)
+    v = torch.randn(d, generator=g).to(device)
+    coef = 4.0
+    steer = cl.Steer(hook, v, coef=coef)
+    vd = v.to(dtype)
+
+    def add(mod, args, out):
+        return (out[0] + coef * vd,) + tuple(out[1:]) if isinstance(out, tuple) else out + coef * vd
+
+    hf_kw = dict(attention_mask=mask, do_sample=False, max_new_tokens=new, min_new_tokens=None, pad_token_id=0,
+                 eos_token_id=None)
+    def hf_plain(): return hf.generate(tokens, **hf_kw)[:, seq:]
+    def hf_hooked():
+        h = blocks_of(hf)[layer].register_forward_hook(add)
+        try: return hf.generate(tokens, **hf_kw)[:, seq:]
+        finally: h.remove()
+    def ours(*ivs, **kw): return cl.generate(model, tokens, *ivs, max_new_tokens=new, greedy=True, **kw).tokens
+
+    fns = {"HF generate, greedy, unsteered": hf_plain,
+           "HF generate + plain torch steering hook": hf_hooked,
+           "collapse_lab generate, no intervention": lambda: ours(),
+           "collapse_lab generate + Steer (fast path)": lambda: ours(steer),
+           "collapse_lab generate + Steer, fast=False": lambda: ours(steer, fast=False)}
+    with torch.no_grad():
+        same = (ours(steer).cpu() == hf_hooked().cpu()).float().mean().item()
+        path = {f: cl.generate(model, tokens[:1, :4], steer, max_new_tokens=2, fast=f).path for f in (True, False)}
+        t = bench(fns, device, reps, warmup=1)
+    base = t["HF generate, greedy, unsteered"]
+    sec = f"generate {shape}"
+    record(sec, "HF generate, greedy, unsteered", med(base) * 1e3, "ms", f"({new / med(base):.0f} tokens/s per row)")
+    for n, s in t.items():
+        if n != "HF generate, greedy, unsteered":
+            note = f"({med(s)*1e3:.1f} ms" + (f", path {path[True]})" if n.endswith("(fast path)") else
+                                               f", path {path[False]})" if n.endswith("fast=False") else ")")
+            record(sec, n, ratio(s, base), "x", note)
+    record(sec, "fraction of new tokens equal to HF generate + hook", same, "")
+
+    # n_coef coefficients in one batched generation vs one generation per coefficient (sampling on, one seed)
+    coefs = torch.linspace(-8, 8, n_coef)
+    swept = cl.Steer(hook, v, coef=coefs)
+    def separate(): return [cl.generate(model, tokens, cl.Steer(hook, v, coef=float(c)), max_new_tokens=new, seed=0).tokens
+                            for c in coefs]
+    def batched(): return cl.generate(model, tokens, swept, max_new_tokens=new, seed=0).tokens
+    with torch.no_grad():
+        one, many = torch.cat(separate()), batched()
+        diff = (one != many).any(-1).float().mean().item()
+        t2 = bench({"separate": separate, "batched": batched}, device, max(2, reps // 3), warmup=1)
+    record(sec, f"{n_coef} separate sampled generations", med(t2["separate"]) * 1e3, "ms")
+    record(sec, f"speed-up of one batched generation of {n_coef} coefficients", 1 / ratio(t2["batched"], t2["separate"]), "x",
+           f"({med(t2['batched'])*1e3:.1f} ms)")
+    record(sec, "fraction of rows differing, batched vs separate", diff, "")
+    del hf, model; gc.collect()
+    if device.type == "cuda": torch.cuda.empty_cache()
+
+
 # ---------------------------------------------------------------------------------------------- main
 def versions():
     import transformers, transformer_lens
@@ -326,7 +393,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--device", default=None, help="default: cpu for --set cpu, cuda for --set gpu (cpu if none)")
-    p.add_argument("--only", default="forward,sweep,train,widgets,east", help="comma-separated sections")
+    p.add_argument("--only", default="forward,sweep,generate,train,widgets,east", help="comma-separated sections")
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--json", default=None, help="write all figures here")
     a = p.parse_args(argv)
@@ -362,6 +429,9 @@ def main(argv=None):
         sb, ss = (batch, seq) if device.type == "cuda" else (4, 32)   # CPU: keep it short
         for s in (["tiny-native"] if device.type == "cpu" else []) + shapes:
             section(f"sweep {s}", sweep_set, s, device, dtype, sb, ss, max(3, reps // 3))
+    if "generate" in only:
+        gb, gs = (batch, seq) if device.type == "cuda" else (4, 32)   # CPU: 4 prompts of 32 tokens, 32 new tokens
+        for s in shapes: section(f"generate {s}", generate_set, s, device, dtype, gb, gs, max(3, reps // 3))
     if "train" in only: section("train", train_set, device, 3 * reps)
     if "widgets" in only: section("widgets", steering_lab_set, device, reps)
     if "east" in only: section("east", east_set, device)

@@ -2,6 +2,7 @@ __version__ = "0.0.1"
 from .core import *
 from .prompts import *
 from .interventions import *
+from .generation import *
 from . import metrics, viz
 from .steering import *
 from .grid import *
