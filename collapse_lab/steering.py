@@ -35,22 +35,26 @@ def gather_activations(
     "The activation at `hook` and `position` for each prompt, streamed in batches (one vector kept per prompt)."
     check_hook(model, hook)
     if batch_size < 1: raise ValueError(f"batch_size={batch_size} must be at least 1.")
-    ps = prompt_list(model, prompts)   # one tensor per prompt: batches below group equal lengths, so nothing is padded
+    ps = prompt_list(model, prompts)
     for i, p in enumerate(ps):
         if not -len(p) <= position < len(p):
             raise ValueError(f"position={position} is out of range for prompt {i} of length {len(p)}.")
-    by_len = {}
-    for i, p in enumerate(ps): by_len.setdefault(len(p), []).append(i)
+    # A negative position is each prompt's own token in a left-padded batch: batch prompts of similar length together.
+    # A position counted from the start needs prompts of one length per batch.
+    order = sorted(range(len(ps)), key=lambda i: len(ps[i]))
+    if position < 0: chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    else:
+        by_len = {}
+        for i in order: by_len.setdefault(len(ps[i]), []).append(i)
+        chunks = [idx[s:s + batch_size] for idx in by_len.values() for s in range(0, len(idx), batch_size)]
     out = None
     with tqdm(total=len(ps), desc=desc, disable=not progress, leave=False) as bar:
-        for L, idx in by_len.items():
-            for s in range(0, len(idx), batch_size):
-                chunk = idx[s:s + batch_size]
-                act = activations(model, torch.stack([ps[i] for i in chunk]), hook)
-                x = act[:, position].reshape(len(chunk), -1).float().cpu()   # keep one position, drop the rest now
-                if out is None: out = torch.empty(len(ps), x.shape[-1])
-                out[chunk] = x
-                bar.update(len(chunk))
+        for chunk in chunks:
+            act = activations(model, [ps[i] for i in chunk], hook)
+            x = act[:, position].reshape(len(chunk), -1).float().cpu()   # keep one position, drop the rest now
+            if out is None: out = torch.empty(len(ps), x.shape[-1])
+            out[chunk] = x
+            bar.update(len(chunk))
     return out
 
 # %% ../nbs/03_steering.ipynb #a79aff3f
@@ -168,6 +172,8 @@ def east_vector(
                                            grouped=groups is not None, mean_entropy=H.mean().item()))
 
 # %% ../nbs/03_steering.ipynb #3d04db33
+from .storage import save_tensors, load_tensors
+
 _KEY = "vector"
 
 def save_vector(
@@ -175,7 +181,7 @@ def save_vector(
     vector:Tensor|SteeringVector,   # [d] vector or [k, d] basis (a `SteeringVector` brings its own metadata)
     meta:dict|None=None,    # JSON-serialisable metadata: hook, model_name, method, ... (merged over the vector's)
 )->Path:
-    "Write `vector` and `meta` to a safetensors file atomically (temp file + os.replace); no pickle."
+    "Write `vector` and `meta` with `collapse_lab.storage.save_tensors`: atomic, no pickle, a SHA-256 over tensor and metadata."
     if isinstance(vector, SteeringVector): meta, vector = vector.meta | {"hook": vector.hook} | (meta or {}), vector.vector
     if not isinstance(vector, Tensor) or vector.ndim not in (1, 2) or vector.numel() == 0:
         raise ValueError(f"vector must be a non-empty [d] or [k, d] tensor, got {getattr(vector, 'shape', type(vector))}.")
@@ -183,46 +189,23 @@ def save_vector(
         raise ValueError("vector must be a finite floating-point tensor (no NaN or inf).")
     import collapse_lab
     t = vector.detach().cpu().contiguous()
-    meta = {"d_model": int(t.shape[-1]), "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+    meta = {"kind": "vector", "d_model": int(t.shape[-1]), "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
             "collapse_lab_version": getattr(collapse_lab, "__version__", "?")} | dict(meta or {})
     if meta["d_model"] != t.shape[-1]:
         raise ValueError(f"meta d_model={meta['d_model']} but the vector's last dimension is {t.shape[-1]}.")
-    try: meta_json = json.dumps(meta)
-    except TypeError as e: raise ValueError(f"meta must be JSON-serialisable: {e}") from None
-    blob = _st_save({_KEY: t}, metadata={"collapse_lab": meta_json, "sha256": hashlib.sha256(t.numpy().tobytes()).hexdigest()})
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-    return path
+    return save_tensors(path, {_KEY: t}, meta)
 
 def load_vector(
-    path:str|Path,          # a file written by `save_vector`
+    path:str|Path,          # a file written by `save_vector` (or `save_subspace`)
     model=None,             # optional model: checks d_model and that the recorded hook exists with that width
     hook:str|None=None,     # optional: the hook you mean to use it at; must match the recorded hook
 )->tuple[Tensor, dict]:     # (vector [d] or basis [k, d], metadata)
-    "Read a vector or basis and its metadata; a truncated/corrupt file or a mismatched model is a `ValueError`."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path} does not exist.")
-    data = path.read_bytes()
-    try:
-        n = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + n])
-        tensors = _st_load(data)
-    except Exception as e:   # safetensors, json and int parsing all fail differently on damaged bytes
-        raise ValueError(f"{path} is truncated or corrupt (not a complete safetensors file): {e}") from None
-    md = header.get("__metadata__") or {}
-    if _KEY not in tensors or "collapse_lab" not in md:
-        raise ValueError(f"{path} is a safetensors file but not a collapse_lab vector (no '{_KEY}' tensor or metadata).")
+    "Read a vector or basis and its metadata; a damaged file is a `CorruptFileError` naming it, a mismatched model a `ValueError`."
+    tensors, meta = load_tensors(path)
+    if _KEY not in tensors or meta.get("kind") not in ("vector", "subspace"):
+        raise ValueError(f"{path} holds a collapse_lab {meta.get('kind', 'file')}, not a vector (no '{_KEY}' tensor); "
+                         "read interventions with Intervention.load.")
     t = tensors[_KEY]
-    if hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() != md.get("sha256"):
-        raise ValueError(f"{path} is corrupt: the tensor bytes do not match the checksum written with them.")
-    meta = json.loads(md["collapse_lab"])
     rec_hook = meta.get("hook")
     if hook is not None and rec_hook is not None and hook != rec_hook:
         raise ValueError(f"{path} was made at hook {rec_hook!r}, not {hook!r}; pass hook={rec_hook!r} or rebuild the vector.")
