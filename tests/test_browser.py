@@ -4,7 +4,8 @@
 - each tutorial: Run All through the menu, wait for the kernel to be idle, no error output, every code cell ran,
   the expected number of (non-blank) plots present and rendered, no browser console errors;
 - each widget lab (SteeringLab, PatchingLab, ClampingLab) on a tiny model: render, drag / select / click, and the
-  displayed numbers and the plot change; no console errors; screenshots in test-artifacts/browser/.
+  displayed numbers and the plot change; no console errors; screenshots in test-artifacts/browser/;
+- SteeringLab's text mode on a tiny GPT-2 checkpoint: drag, release, the continuation changes (release -> text timed).
 
 Run: `COLLAPSE_LAB_QUICK=1 .venv/bin/python -m pytest tests/test_browser.py -q -s` (`-s` shows the timings).
 """
@@ -265,6 +266,78 @@ def test_steering_lab(lab_server, lab_page):
     bs.wait_plot_change(page, episode, "")
     assert error.inner_text().strip() == ""
     _shot(page, root, "steering_lab_3_episode")
+    assert not bs.console_errors(page.console_messages), page.console_messages
+
+
+# Installed before a drag in text mode: at the pointer's release, note the time and the slider's readout, then the
+# time at which the continuation is labelled with that coefficient and no longer stale (regenerated), and its text.
+JS_ARM_TEXT = """([root]) => {
+  const cont = root.querySelector('.cl-steering-continuation'), readout = root.querySelector('.cl-steering-coef .widget-readout');
+  const w = window.__clText = {before: cont.innerText, moves: 0, staleSeen: false};
+  const obs0 = new MutationObserver(() => { if (cont.innerText.includes('release the slider')) w.staleSeen = true; });
+  obs0.observe(cont, {subtree: true, childList: true, characterData: true});
+  document.addEventListener('pointerup', () => {
+    w.up = performance.now(); w.target = readout.textContent.trim().replace('\\u2212', '-');
+    const done = () => { const l = cont.querySelector('.cl-steering-text-label');
+      return l && l.textContent.includes('coefficient ' + w.target) && !cont.innerText.includes('release the slider'); };
+    const finish = () => { w.text = cont.querySelector('.cl-steering-new-text').textContent; w.shown = performance.now(); };
+    if (done()) { finish(); return; }
+    const obs = new MutationObserver(() => { if (done()) { finish(); obs.disconnect(); } });
+    obs.observe(root, {subtree: true, childList: true, characterData: true, attributes: true});
+  }, {capture: true, once: true});
+}"""
+
+def test_steering_lab_text_mode(lab_server, lab_page):
+    """SteeringLab text mode on a tiny GPT-2 checkpoint: dragging the slider moves the bars live; releasing it
+    regenerates the continuation (the time from release to the new text in the DOM is measured and reported); the
+    unsteered continuation stays as it was; a bad new-token count shows in the error line."""
+    _need("steering_lab", "SteeringLab")
+    if "text_mode" not in (LIB/"steering_lab.py").read_text(): pytest.skip("SteeringLab has no text mode yet")
+    page = lab_page
+    bs.run_generated_notebook(page, lab_server, "_steering_lab_text", [_SETUP,
+        "import tempfile, collapse_lab as cl\nfrom collapse_lab.steering_lab import SteeringLab\n"
+        "model = cl.load_model(cl.tiny_hf_checkpoint(tempfile.mkdtemp(), arch='gpt2'), device='cpu')\n"
+        "v = model.W_U[:, 42].detach() / model.W_U[:, 42].norm()     # toward the word t42",
+        "lab = SteeringLab(model, 'blocks.1.hook_resid_post', v, 't5 t6 t7 t8', coef_range=(-10., 10.), max_new_tokens=12)\nlab"])
+    root = page.locator(".cl-steering-lab").first
+    root.wait_for(state="visible")
+    status, error = root.locator(".cl-steering-status").first, root.locator(".cl-steering-error").first
+    cont, base = root.locator(".cl-steering-continuation").first, root.locator(".cl-steering-baseline").first
+    new_text = lambda loc: loc.locator(".cl-steering-new-text").first.inner_text()
+    bs.wait_text(page, cont, r"coefficient 0\.00")
+    unsteered = new_text(base)
+    assert new_text(cont) == unsteered and len(unsteered.split()) == 12, (new_text(cont), unsteered)
+    expect(root.locator(".cl-steering-bar")).to_have_count(10)
+    _shot(page, root, "steering_lab_text_1_initial")
+    times, texts = [], [unsteered]
+    for dx in (80, -150, 60):
+        page.evaluate(JS_ARM_TEXT, [root.element_handle()])
+        plot0 = root.locator(".cl-steering-plot").first.inner_text()
+        bs.drag(page, root.locator(".cl-steering-coef .noUi-handle").first, dx)
+        page.wait_for_function("() => window.__clText && window.__clText.shown !== undefined", timeout=60_000)
+        w = page.evaluate("() => window.__clText")
+        times.append(w["shown"] - w["up"])
+        assert f"coefficient {w['target']}" in status.inner_text()        # the bars followed the slider
+        assert root.locator(".cl-steering-plot").first.inner_text() != plot0   # tokens and probabilities of the bars
+        assert w["staleSeen"], "the continuation was not marked stale while the slider moved"
+        assert w["text"] != texts[-1], f"the continuation did not change after dragging to {w['target']}: {w['text']!r}"
+        assert new_text(base) == unsteered                                  # the unsteered text is computed once
+        if dx == 80:
+            assert float(w["target"]) > 2 and w["text"].split().count("t42") >= 6, w
+            _shot(page, root, "steering_lab_text_2_dragged_right")
+        texts.append(w["text"])
+    assert error.inner_text().strip() == ""
+    bs.report("SteeringLab text mode: slider release -> new continuation in the DOM: " + ", ".join(f"{t:.0f} ms" for t in times)
+              + f" (median {sorted(times)[1]:.0f} ms; release_s 300 ms + 12 greedy tokens, tiny GPT-2, 1 kernel thread)")
+    # a bad new-token count is reported in the panel; a good one regenerates both continuations
+    box = root.locator(".cl-steering-max-new input").first
+    box.fill("500"); box.press("Enter")
+    bs.wait_text(page, error, r"n_ctx")
+    box.fill("5"); box.press("Enter")
+    bs.wait_text(page, base, r"5 new tokens")
+    page.wait_for_function("el => el.innerText.trim() === ''", arg=error.element_handle())
+    assert len(new_text(base).split()) == 5 and len(new_text(cont).split()) == 5
+    _shot(page, root, "steering_lab_text_3_five_tokens")
     assert not bs.console_errors(page.console_messages), page.console_messages
 
 
