@@ -14,7 +14,8 @@ from torch import Tensor
 from .core import _model_device
 from .prompts import Prompts, as_prompts, prompt_list, _pad_id
 from .fastpath import _bare_state, _add_hook, fast_applies, _logits, _rel_err, _tolerance
-from .interventions import SubspacePatch, activations, _flatten, _forward, _attach, _pos_axis, _show
+from .interventions import SubspacePatch, activations, _flatten, _forward, _pos_axis, _show
+from .hooks import attach
 
 # %% auto #0
 __all__ = ['Generation', 'generate']
@@ -497,7 +498,7 @@ def generate(
                 for name, fn in hooks: removers.append(_add_hook(*b.sites[name], name, fn))
                 step = _FastStep(b.module)
             elif path == "bridge":
-                for name, fn in hooks: removers.append(_attach(model, name, fn))
+                for name, fn in hooks: removers.append(attach(model, name, fn))
                 step = _BridgeStep(model)
             else: step = _RecomputeStep(model, hooks, fast, prompts.padded)
             res = _loop(step, rows, n, _chooser(greedy, temps, top_k, top_p, u), stop_ids, stop_strs, tok,

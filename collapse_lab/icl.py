@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from .core import tiny_model, check_hook, _model_device
-from .interventions import Clamp, Ablate, previous_token_pattern, activations, _attach
+from .interventions import Clamp, Ablate, previous_token_pattern, activations
+from .hooks import attach
 from .training import Batch, train
 
 # %% auto #0
@@ -121,7 +122,7 @@ def _patterns(model, tokens:Tensor, layers:Sequence[int])->tuple[Tensor, dict]:
     try:
         for l in layers:
             name = check_hook(model, f"blocks.{l}.attn.hook_pattern")
-            removers.append(_attach(model, name, lambda act, hook, l=l: seen.__setitem__(l, act.detach())))
+            removers.append(attach(model, name, lambda act, hook, l=l: seen.__setitem__(l, act.detach())))
         with torch.no_grad(): logits = model(tokens.to(_model_device(model)))
     finally:
         for r in removers: r()

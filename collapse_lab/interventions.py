@@ -15,6 +15,7 @@ from safetensors.torch import save_file, safe_open
 
 from .core import check_hook, hook_shape, _model_device
 from .prompts import Prompts, as_prompts
+from .hooks import attach, check_edit, check_read
 from .fastpath import fast_applies, fast_forward
 
 # %% auto #0
@@ -92,6 +93,8 @@ def _make_site(act:Tensor, hook:str, positions=None, heads=None)->tuple:
     return tuple(ix)
 
 # %% ../nbs/01_interventions.ipynb #92c0814f
+from .storage import save_tensors, load_tensors
+
 def _show(v)->str:
     if isinstance(v, Tensor):
         return f"{v.item():g}" if v.ndim == 0 else f"Tensor{list(v.shape)} {str(v.dtype).removeprefix('torch.')}"
@@ -101,8 +104,9 @@ def _show(v)->str:
 class Intervention:
     "Base class: a dataclass holding a `hook` name and data, turned into a hook function by `make_hook`."
     def validate(self, model):
-        "Check the intervention against `model` (hook exists, sizes match); raise `ValueError` otherwise."
+        "Check the intervention against `model` (hook exists, an edit there means what its name says, sizes match)."
         _check_hook(model, self.hook)
+        check_edit(model, self.hook)
 
     def make_hook(self, model)->Callable:
         "A TransformerLens hook function `(activation, hook) -> activation` applying this intervention."
@@ -123,25 +127,25 @@ class Intervention:
             return a == b
         return all(same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
 
-    def save(self, path:str|Path):
-        "Write this intervention to a safetensors file: tensors as tensors, other fields as JSON metadata."
-        tensors, meta = {}, {"class": type(self).__name__}
+    def save(self, path:str|Path)->Path:
+        "Write this intervention with `collapse_lab.storage.save_tensors`: tensors as tensors, other fields as checksummed JSON."
+        tensors, kw = {}, {}
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, Tensor): tensors[f.name] = v.detach().cpu().contiguous()
             elif callable(v): raise ValueError(f"{type(self).__name__}.{f.name} is a function and cannot be saved; use a tensor.")
-            else: meta[f.name] = json.dumps(v if not isinstance(v, tuple) else list(v))
-        path = Path(path); tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta); tmp.replace(path)
+            else: kw[f.name] = list(v) if isinstance(v, tuple) else v
+        return save_tensors(path, tensors, {"kind": "intervention", "class": type(self).__name__, "fields": kw})
 
     @staticmethod
     def load(path:str|Path)->"Intervention":
-        "Read an intervention written by `save`."
-        with safe_open(str(path), framework="pt") as f:
-            meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+        "Read an intervention written by `save`; a damaged file raises `CorruptFileError` naming it."
+        tensors, meta = load_tensors(path)
         classes = {c.__name__: c for c in (Steer, SubspacePatch, Clamp, Ablate)}
-        if meta.get("class") not in classes: raise ValueError(f"{path} does not hold a collapse_lab intervention.")
-        kw = {k: json.loads(v) for k, v in meta.items() if k != "class"}
+        if meta.get("kind") != "intervention" or meta.get("class") not in classes:
+            raise ValueError(f"{path} holds a collapse_lab {meta.get('kind', 'file')}, not an intervention; "
+                             "read vectors with load_vector and subspaces with load_subspace.")
+        kw = meta["fields"] if "fields" in meta else {k: v for k, v in meta.items() if k not in ("kind", "class")}
         return classes[meta["class"]](**kw, **tensors)
 
 # %% ../nbs/01_interventions.ipynb #ffa4ace3
@@ -166,6 +170,30 @@ def _per_row(coef:Tensor, n:int, ndim:int)->Tensor:
     return coef.repeat_interleave(n // c).view(-1, *[1] * (ndim - 1))
 
 # %% ../nbs/01_interventions.ipynb #65a77e8f
+def _index_list(x, what:str, cls:str):
+    "`x` (positions or heads) as an int or a list of distinct ints; ValueError naming the bad value otherwise."
+    if x is None: return None
+    if callable(getattr(x, "tolist", None)): x = x.tolist()   # tensors, NumPy arrays and scalars
+    if isinstance(x, bool) or isinstance(x, (str, bytes)):
+        raise ValueError(f"{cls} {what}={x!r} is not valid: give an integer or a list of distinct integers, or None for all.")
+    if isinstance(x, int): return int(x)
+    try: items = list(x)
+    except TypeError:
+        raise ValueError(f"{cls} {what}={x!r} is not valid: give an integer or a list of distinct integers, or None for all.") from None
+    if not items: raise ValueError(f"{cls} {what}=[] is empty, so nothing would change: give at least one index, or None for all.")
+    bad = [i for i in items if isinstance(i, bool) or not hasattr(i, "__index__")]
+    if bad: raise ValueError(f"{cls} {what}={x!r} holds {bad}, which are not integers: {what} are integer indices "
+                             "(negative counts from the end).")
+    items = [int(i) for i in items]
+    dup = sorted({i for i in items if items.count(i) > 1})
+    if dup: raise ValueError(f"{cls} {what}={items} repeats {dup}: each index may appear once.")
+    return items
+
+def _real(t:Tensor, what:str)->Tensor:
+    if t.is_complex(): raise ValueError(f"{what} is complex ({str(t.dtype).removeprefix('torch.')}); activations are real: "
+                                        "pass its real part (t.real) or its magnitude (t.abs()).")
+    return t
+
 @dataclass(eq=False, repr=False)
 class Steer(Intervention):
     "Add `coef * vector` to `hook`'s activation at `positions` (all by default)."
@@ -175,13 +203,23 @@ class Steer(Intervention):
     positions:Sequence[int]|None=None     # positions to steer (negative counts from the end); None = all
 
     def __post_init__(self):
-        self.vector = _tensor(self.vector, "Steer vector")
+        if isinstance(self.vector, (str, bytes)) or self.vector is None:
+            raise ValueError(f"Steer vector={self.vector!r} is not valid: give a 1-D tensor [d] of real numbers.")
+        self.vector = _real(_tensor(self.vector, "Steer vector"), "Steer vector")
         if self.vector.ndim != 1: raise ValueError(f"Steer vector must be 1-D [d], got shape {list(self.vector.shape)}.")
+        if self.vector.numel() == 0: raise ValueError("Steer vector is empty (shape [0]): give a 1-D tensor [d], d = the activation's width.")
+        if isinstance(self.coef, (str, bytes, bool)) or self.coef is None or isinstance(self.coef, complex):
+            raise ValueError(f"Steer coef={self.coef!r} is not valid: give a number, or a 1-D list/tensor of numbers (see `sweep`).")
         if isinstance(self.coef, Tensor) or not isinstance(self.coef, (int, float)):
-            self.coef = _tensor(self.coef, "Steer coef")
+            try: self.coef = _real(_tensor(self.coef, "Steer coef"), "Steer coef")
+            except (TypeError, RuntimeError) as e:
+                raise ValueError(f"Steer coef={self.coef!r} is not valid ({e}): give a number, or a 1-D list/tensor of numbers.") from None
             if self.coef.ndim > 1: raise ValueError(f"coef must be a number or a 1-D tensor, got shape {list(self.coef.shape)}.")
+            if self.coef.numel() == 0: raise ValueError("Steer coef is empty: give a number, or a 1-D list/tensor of at least one number.")
+            if not self.coef.is_floating_point(): self.coef = self.coef.float()
         elif self.coef != self.coef or abs(self.coef) == float("inf"):
             raise ValueError(f"Steer coef={self.coef} is not finite.")
+        self.positions = _index_list(self.positions, "positions", "Steer")
 
     def validate(self, model):
         super().validate(model)
@@ -275,11 +313,20 @@ class Clamp(Intervention):
     steps:tuple[int, int]|None=None       # training steps [start, stop) during which the clamp is on; None = always
 
     def __post_init__(self):
-        if not callable(self.value): self.value = _tensor(self.value, "Clamp value")
+        if not callable(self.value):
+            if isinstance(self.value, (str, bytes)) or self.value is None:
+                raise ValueError(f"Clamp value={self.value!r} is not valid: give a tensor (or a number), or a function of the activation.")
+            self.value = _real(_tensor(self.value, "Clamp value"), "Clamp value")
         if self.steps is not None:
-            if len(self.steps) != 2 or not 0 <= self.steps[0] <= self.steps[1]:
-                raise ValueError(f"steps={self.steps} must be (start, stop) with 0 <= start <= stop.")
-            self.steps = tuple(int(s) for s in self.steps)
+            st = self.steps
+            ok = (isinstance(st, (tuple, list)) and len(st) == 2 and all(hasattr(s, "__index__") and not isinstance(s, bool) for s in st)
+                  and 0 <= int(st[0]) <= int(st[1]))
+            if not ok: raise ValueError(f"Clamp steps={st!r} is not valid: give a (start, stop) pair of integers with "
+                                        f"0 <= start <= stop, e.g. steps=(0, {st if isinstance(st, int) and st > 0 else 100}) "
+                                        "for the first steps, or None for always.")
+            self.steps = tuple(int(s) for s in st)
+        self.heads = _index_list(self.heads, "heads", "Clamp")
+        self.positions = _index_list(self.positions, "positions", "Clamp")
 
     def active_at(self, step:int)->bool:
         "Is the clamp on at training step `step`?"
@@ -310,6 +357,8 @@ class Ablate(Intervention):
 
     def __post_init__(self):
         if self.how not in ("zero", "mean"): raise ValueError(f"how={self.how!r} is not valid: use 'zero' or 'mean'.")
+        self.heads = _index_list(self.heads, "heads", "Ablate")
+        self.positions = _index_list(self.positions, "positions", "Ablate")
 
     def make_hook(self, model):
         def ablate(act, hook):
@@ -330,7 +379,7 @@ def activations(
     attention_mask:Tensor|None=None, # with a padded [batch, pos] tensor: 1 for real tokens
 )->Tensor:
     "The activation at `hook` for `tokens` (detached; the pass stops there). Padded batches are padded on the left."
-    _check_hook(model, hook)
+    check_read(model, hook)
     prompts = as_prompts(model, tokens, attention_mask)
     out = {}
     def keep(act, hook):
@@ -344,17 +393,6 @@ def activations(
 class _Stop(Exception): "Raised by `activations` once it holds the activation."
 
 # %% ../nbs/01_interventions.ipynb #e5cd616a
-def _attach(model, name:str, fn:Callable)->Callable:
-    "Add `fn` to hook point `name`; return a function that removes exactly that hook."
-    points = model.__dict__.setdefault("_collapse_lab_hook_points_by_name", {})   # `hook_dict` is rebuilt per access
-    hp = points[name] if name in points else points.setdefault(name, model.hook_dict[name])
-    model.check_hooks_to_add(hp, name, fn)
-    handle = hp.add_hook(fn)
-    def remove():
-        handle.hook.remove()
-        if handle in hp.fwd_hooks: hp.fwd_hooks.remove(handle)
-    return remove
-
 def _flatten(ivs)->list:
     out = []
     for iv in ivs:
@@ -373,7 +411,7 @@ def intervene(
     for iv in ivs: iv.validate(model)
     removers = []
     try:
-        for iv in ivs: removers.append(_attach(model, iv.hook, iv.make_hook(model)))
+        for iv in ivs: removers.append(attach(model, iv.hook, iv.make_hook(model)))
         yield model
     finally:
         for remove in reversed(removers): remove()
@@ -394,7 +432,7 @@ def _forward(model, prompts:Prompts, ivs:list, extra:Sequence=(), fast:bool=True
     with intervene(model, *ivs):
         removers = []
         try:
-            for name, fn in extra: removers.append(_attach(model, name, fn))
+            for name, fn in extra: removers.append(attach(model, name, fn))
             return model(prompts.tokens, return_type=return_type, **prompts.forward_kwargs(), **kwargs)
         finally:
             for remove in reversed(removers): remove()

@@ -13,6 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .core import check_hook, hook_name
+from .hooks import attach, check_read
 
 # %% auto #0
 __all__ = ['token_entropy', 'action_distribution', 'action_entropy', 'non_action_mass', 'attention_entropy', 'singular_values',
@@ -112,11 +113,6 @@ def effective_rank(
     return token_entropy(s.log()).exp()    # softmax(log s) = s / sum(s)
 
 # %% ../nbs/02_metrics.ipynb #cbe2d9bf
-def _remove(hp, handle):
-    "Remove a hook added with `HookPoint.add_hook` (both the torch handle and TransformerLens' record of it)."
-    handle.hook.remove()
-    if handle in hp.fwd_hooks: hp.fwd_hooks.remove(handle)
-
 @contextmanager
 def capture(
     model,            # a TransformerBridge
@@ -124,18 +120,16 @@ def capture(
 ):                    # yields a dict name -> the activation of the latest forward pass (detached)
     "Record the activations at `names` during forward passes; the hooks are gone on exit, even after an error."
     names = [names] if isinstance(names, str) else list(names)
-    for n in names: check_hook(model, n)
-    store, added = {}, []
+    for n in names: check_read(model, n)
+    store, removers = {}, []
     def make(n):
         def fn(x, hook): store[n] = x.detach()  # keyed by the requested name, never by hook.name
         return fn
     try:
-        for n in names:
-            hp = model.hook_dict[n]
-            added.append((hp, hp.add_hook(make(n))))
+        for n in names: removers.append(attach(model, n, make(n)))
         yield store
     finally:
-        for hp, h in added: _remove(hp, h)
+        for remove in reversed(removers): remove()
 
 def _model_device(model)->torch.device: return next(model.parameters()).device
 

@@ -15,7 +15,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .core import check_hook, hook_name, _model_device
-from .interventions import SubspacePatch, Clamp, activations, intervene, run, _attach, _site
+from .interventions import SubspacePatch, Clamp, activations, intervene, run, _site
+from .hooks import attach
 from .prompts import Prompts, as_prompts
 
 # %% auto #0
@@ -247,7 +248,7 @@ def das(
     try:
         for p in model.parameters(): p.requires_grad_(False)
         model.eval()
-        remove = _attach(model, hook, patch)
+        remove = attach(model, hook, patch)
         bar = tqdm(range(steps), desc=f"DAS {hook}", disable=not progress)
         for step in bar:
             idx = torch.randint(len(base), (min(batch_size, len(base)),), generator=gen)
@@ -297,7 +298,7 @@ def gradient_direction(
         act = act.detach().requires_grad_(True)
         held["act"] = act
         return act
-    remove = _attach(model, hook, grab)
+    remove = attach(model, hook, grab)
     try:
         with torch.enable_grad():
             ld = logit_diff(model(tokens.tokens, **tokens.forward_kwargs()), answer, other).sum()

@@ -7,6 +7,7 @@ import torch
 
 import collapse_lab as cl
 from collapse_lab import metrics as M
+from collapse_lab.hooks import attach
 
 
 def n_hooks(model):
@@ -26,14 +27,13 @@ def toks():
 
 @pytest.mark.parametrize("layer,pos,dim", [(0, 0, 0), (1, 9, 31), (2, 4, 17)])
 def test_spike_found_at_its_exact_layer_position_dimension(model, toks, layer, pos, dim):
-    hp = model.hook_dict[f"blocks.{layer}.hook_resid_post"]
     def spike(x, hook):
         x = x.clone(); x[:, pos, dim] = -3000.; return x
-    h = hp.add_hook(spike)
+    remove = attach(model, f"blocks.{layer}.hook_resid_post", spike)
     try:
         found = M.model_massive_activations(model, toks, batch_size=5, progress=False)["found"]
     finally:
-        M._remove(hp, h)
+        remove()
     assert found.layer.min() == layer
     at = found[found.layer == layer]
     assert set(zip(at.pos, at.dim)) == {(pos, dim)}
@@ -63,12 +63,11 @@ def test_streamed_rank_equals_direct_svd(model, toks):
 
 def test_error_mid_stream_leaves_no_hook(model, toks):
     before = n_hooks(model)
-    hp = model.hook_dict["blocks.1.hook_resid_post"]
     calls = {"n": 0}
     def fail_on_second_batch(x, hook):
         calls["n"] += 1
         if calls["n"] == 2: raise RuntimeError("injected failure")
-    h = hp.add_hook(fail_on_second_batch)
+    remove = attach(model, "blocks.1.hook_resid_post", fail_on_second_batch)
     with_injected = n_hooks(model)
     assert with_injected == before + 1
     try:
@@ -79,7 +78,7 @@ def test_error_mid_stream_leaves_no_hook(model, toks):
             with pytest.raises(RuntimeError, match="injected failure"): fn()
             assert n_hooks(model) == with_injected      # only the injected hook remains
     finally:
-        M._remove(hp, h)
+        remove()
     assert n_hooks(model) == before
 
 

@@ -4,6 +4,7 @@ import torch
 
 import collapse_lab as cl
 from collapse_lab import metrics as M
+from collapse_lab.hooks import attach
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -37,12 +38,11 @@ def test_model_helpers_match_cpu(pair, toks):
 
 def test_spike_found_on_gpu(pair, toks):
     _, gpu = pair
-    hp = gpu.hook_dict["blocks.1.hook_resid_post"]
     def spike(x, hook):
         x = x.clone(); x[:, 5, 9] = 4000.; return x
-    h = hp.add_hook(spike)
+    remove = attach(gpu, "blocks.1.hook_resid_post", spike)
     try: found = M.model_massive_activations(gpu, toks, progress=False)["found"]
-    finally: M._remove(hp, h)
+    finally: remove()
     assert set(zip(found.layer, found.pos, found.dim)) == {(1, 5, 9)}
 
 

@@ -70,8 +70,8 @@ def test_das_full_rank_equals_full_patch_and_learns(trained):
     assert abs(ce - sum(res.losses[-5:]) / 5) < 1.0
     with pytest.raises(ValueError, match="positions"):
         das(model, p.base.tokens, p.source.tokens, hook, positions=[40], answers=p.counterfactual, steps=1, progress=False)
-    with pytest.raises(ValueError, match="differ"):
-        das(model, p.base.tokens, p.source.tokens[:, :5], hook, answers=p.counterfactual, steps=1, progress=False)
+    with pytest.raises(ValueError, match="pairs must align"):
+        das(model, p.base.tokens, p.source.tokens[:5], hook, answers=p.counterfactual, steps=1, progress=False)
     assert _no_hooks(model)
 
 def test_gradient_direction_matches_finite_difference(trained):

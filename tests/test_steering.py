@@ -51,7 +51,7 @@ def test_streaming_keeps_one_position_per_batch(model, monkeypatch):
     calls = []
     real = steering.activations
     def spy(m, tokens, hook, *ivs):
-        calls.append((tokens.shape[0], hook)); return real(m, tokens, hook, *ivs)
+        calls.append((len(tokens), hook)); return real(m, tokens, hook, *ivs)
     monkeypatch.setattr(steering, "activations", spy)
     prompts = [torch.randint(0, 20, (n,)) for n in [4] * 25 + [6] * 12]
     sv = east_vector(model, prompts, torch.rand(37), HOOK, batch_size=8, progress=False)
