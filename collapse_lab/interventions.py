@@ -105,8 +105,8 @@ class Intervention:
     "Base class: a dataclass holding a `hook` name and data, turned into a hook function by `make_hook`."
     def validate(self, model):
         "Check the intervention against `model` (hook exists, an edit there means what its name says, sizes match)."
+        check_edit(model, self.hook)   # first: it explains a resid_mid that a parallel block lacks
         _check_hook(model, self.hook)
-        check_edit(model, self.hook)
 
     def make_hook(self, model)->Callable:
         "A TransformerLens hook function `(activation, hook) -> activation` applying this intervention."
