@@ -69,3 +69,19 @@ def test_padded_tensor_with_mask_equals_text(arch):
     acts = cl.activations(model, TEXTS, HOOK)[:, -1]
     for r, i in enumerate(ids):
         torch.testing.assert_close(acts[r], cl.activations(model, i[None], HOOK)[0, -1], atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_pattern_clamp_takes_effect_or_is_refused(arch):
+    "A previous-token clamp of head 0: downstream hook_z follows it (z = pattern @ v), or the family refuses it and names hook_z."
+    model = fs.family_model(arch)
+    tokens = torch.randint(3, fs.SIZES["d_vocab"] - 1, (2, 6), generator=torch.Generator().manual_seed(4))
+    pat = "blocks.0.attn.hook_pattern"
+    clamp = cl.Clamp(pat, cl.previous_token_pattern(6), heads=[0])
+    if arch in ("gpt_neo", "gptj", "opt"):                          # TransformerLens hands attention to the HF module
+        with pytest.raises(ValueError, match="hook_z"): cl.run(model, tokens, clamp)
+        return
+    z = cl.activations(model, tokens, "blocks.0.attn.hook_z", clamp)[:, :, 0]
+    v = cl.activations(model, tokens, "blocks.0.attn.hook_v")[:, :, 0]   # head 0 reads key-value head 0
+    torch.testing.assert_close(z, cl.previous_token_pattern(6) @ v, atol=1e-5, rtol=0)
+    assert (z - cl.activations(model, tokens, "blocks.0.attn.hook_z")[:, :, 0]).abs().max() > 1e-4
