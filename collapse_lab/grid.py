@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['point_key', 'grid_points', 'run_grid', 'load_grid', 'plot_grid']
+__all__ = ['point_key', 'grid_points', 'PointTimeout', 'run_grid', 'load_grid', 'plot_grid']
 
 # %% ../nbs/09_grid.ipynb #8bf6c3ce
 def _plain(x, where:str="value"):
@@ -40,10 +40,10 @@ def point_key(
     params:dict, # one grid point: {name: plain value}
 )->str:          # 16 hex digits
     "A stable key for a grid point: the first 16 hex digits of SHA-256 of its parameters as canonical JSON (names sorted)."
-    try: text = json.dumps(_plain(params, "grid point"), sort_keys=True, separators=(",", ":"))
+    try: text = json.dumps(_plain(params, "grid point"), sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"Grid point {params!r} is not plain data: {e} Put numbers, strings, bools, None or "
-                         "lists of them in the grid and build objects from them inside fn.") from None
+                         "lists of them (finite numbers: no NaN or inf) in the grid and build objects from them inside fn.") from None
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 # %% ../nbs/09_grid.ipynb #52f2b8cf
@@ -83,30 +83,52 @@ def _is_plain(p)->bool:
     except TypeError: return False
 
 # %% ../nbs/09_grid.ipynb #0d28454b
+from .storage import write_atomic
+
+def _strict(x, path=(), found=None):
+    "`x` with every NaN/inf float replaced by None (strict JSON), and {path: 'nan'|'inf'|'-inf'} of what was replaced."
+    found = {} if found is None else found
+    if isinstance(x, float) and not math.isfinite(x):
+        found[json.dumps(list(path))] = "nan" if x != x else ("inf" if x > 0 else "-inf")
+        return None, found
+    if isinstance(x, dict): return {k: _strict(v, path + (k,), found)[0] for k, v in x.items()}, found
+    if isinstance(x, list): return [_strict(v, path + (i,), found)[0] for i, v in enumerate(x)], found
+    return x, found
+
+def _unstrict(x, nonfinite:dict|None):
+    "Undo `_strict`: put NaN/inf back where the record says they were."
+    for p, v in (nonfinite or {}).items():
+        *head, last = json.loads(p); node = x
+        try:
+            for k in head: node = node[k]
+            node[last] = float(v)
+        except (KeyError, IndexError, TypeError): pass
+    return x
+
 def _write_atomic(path:Path, record:dict)->None:
-    "Write `record` as JSON to `path`: a temp file in the same folder, flushed to disk, then `os.replace`."
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=1)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    "Write `record` as strict JSON to `path` (NaN and inf stored as null, listed under 'nonfinite') with `write_atomic`."
+    if record.get("result") is not None:
+        result, found = _strict(record["result"], ("result",))
+        record = record | {"result": result} | ({"nonfinite": found} if found else {})
+    write_atomic(path, json.dumps(record, indent=1, allow_nan=False).encode())
 
 def _read_record(path:Path)->dict|None:
-    "The record in `path`, or None when it is missing or unreadable (an unreadable one is recomputed)."
-    try: return json.loads(path.read_text())
+    "The record in `path` (NaN and inf restored), or None when it is missing or unreadable (an unreadable one is recomputed)."
+    try: rec = json.loads(path.read_text())
     except FileNotFoundError: return None
     except (OSError, ValueError) as e:
         warnings.warn(f"Ignoring unreadable grid result {path} ({e}); the point will be run again.")
         return None
+    if rec.get("nonfinite"): _unstrict(rec, rec["nonfinite"])
+    return rec
 
 def _remove_stale_tmp(folder:Path)->None:
     "Delete temp files left by a writer that was killed mid-write (its pid is no longer alive)."
     for tmp in folder.glob(".*.tmp"):
-        try: pid = int(tmp.name.rsplit(".", 2)[-2])
-        except ValueError: continue
+        parts = tmp.name.split(".")
+        pids = [int(p) for p in parts[-3:-1] if p.isdigit()]   # .name.json.PID.XXXX.tmp (or .name.json.PID.tmp)
+        if not pids: continue
+        pid = pids[0]
         if pid != os.getpid() and not _alive(pid): tmp.unlink(missing_ok=True)
 
 def _alive(pid:int)->bool:
@@ -116,26 +138,48 @@ def _alive(pid:int)->bool:
     return True
 
 # %% ../nbs/09_grid.ipynb #cf297608
+import contextlib, signal
+
 def _set_threads(n:int|None)->None:
     "Limit torch / OpenMP / MKL threads in this worker to `n` (None: leave them)."
     if not n: return
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"): os.environ[var] = str(n)
     if "torch" in sys.modules and sys.modules["torch"].get_num_threads() != n: sys.modules["torch"].set_num_threads(n)
 
+class PointTimeout(Exception):
+    "A grid point ran longer than `run_grid`'s `timeout`."
+
+@contextlib.contextmanager
+def _deadline(seconds:float|None):
+    "Raise `PointTimeout` in this (main) thread after `seconds` (a point stuck in one C call stops when it returns)."
+    if not seconds: yield; return
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        raise RuntimeError("timeout= needs to run points in a process's main thread (SIGALRM); run_grid was called "
+                           "from another thread: call it from the main thread, or drop timeout.")
+    def expire(*_): raise PointTimeout(f"the point ran longer than timeout={seconds} s and was stopped.")
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try: yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0); signal.signal(signal.SIGALRM, old)
+
 def _run_point(
     fn:bytes|Callable,     # the function, or its cloudpickle bytes
     params:dict,           # keyword arguments for this point
     threads:int|None=None, # threads for torch/OpenMP in this worker (None: leave them)
+    timeout:float|None=None, # stop the point after this many seconds (status 'timeout')
 )->dict:
-    "Run `fn(**params)` and return its record: status 'ok' with the result, or 'error' with the traceback."
+    "Run `fn(**params)` and return its record: status 'ok' with the result, 'timeout', or 'error' with the traceback."
     t0 = time.perf_counter()
     try:
         _set_threads(threads)
         if isinstance(fn, bytes): fn = cloudpickle.loads(fn)
-        out = fn(**params)
+        with _deadline(timeout): out = fn(**params)
         if not isinstance(out, dict):
             raise TypeError(f"fn returned a {type(out).__name__}; it must return a dict such as {{'loss': 0.12}}.")
         rec = dict(status="ok", result=_plain(out, "fn's result"), error=None)
+    except PointTimeout as e:
+        rec = dict(status="timeout", result=None, error=f"PointTimeout: {e}")
     except (Exception, SystemExit):
         rec = dict(status="error", result=None, error=traceback.format_exc())
     return rec | dict(seconds=round(time.perf_counter() - t0, 4), host=socket.gethostname(), pid=os.getpid())
@@ -221,7 +265,7 @@ def _mp_context():
 _DIED = ("The worker process running this point died (killed by the out-of-memory killer or a signal, a "
          "segfault, or os._exit); every point in flight in that worker pool is marked. Run the grid again to retry it.")
 
-def _run_local(fn_bytes, todo, max_parallel, threads, slots, on_done):
+def _run_local(fn_bytes, todo, max_parallel, threads, slots, on_done, timeout=None):
     "Run `todo` [(key, params)] in a process pool (a GPU slot per worker, if any), calling `on_done(key, params, record)` as each finishes."
     if slots: workers = min(max_parallel or len(slots), len(slots))
     else: workers = max_parallel or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
@@ -237,7 +281,7 @@ def _run_local(fn_bytes, todo, max_parallel, threads, slots, on_done):
                 pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_entry("_init_worker"),
                                               initargs=(threads, queue, os.getpid()))
             while pending and len(in_flight) < workers and not broken:
-                try: fut = pool.submit(_entry("_run_point"), fn_bytes, pending[0][1], threads)
+                try: fut = pool.submit(_entry("_run_point"), fn_bytes, pending[0][1], threads, timeout)
                 except cf.process.BrokenProcessPool: broken = True; break   # a worker died since the last wait
                 in_flight[fut] = pending.popleft()
             if not in_flight:   # the pool broke and all its points are recorded: a fresh pool for the rest
@@ -261,7 +305,7 @@ def _run_local(fn_bytes, todo, max_parallel, threads, slots, on_done):
         if pool is not None: pool.shutdown(wait=True)
 
 # %% ../nbs/09_grid.ipynb #78b11da2
-def _run_ray(fn_bytes, todo, max_parallel, threads, gpus_per_task, address, ray_options, on_done):
+def _run_ray(fn_bytes, todo, max_parallel, threads, gpus_per_task, address, ray_options, on_done, timeout=None):
     "Run `todo` [(key, params)] as Ray tasks, calling `on_done(key, params, record)` as each finishes."
     try: import ray
     except ImportError:
@@ -281,7 +325,7 @@ def _run_ray(fn_bytes, todo, max_parallel, threads, gpus_per_task, address, ray_
         while pending or in_flight:
             while pending and (max_parallel is None or len(in_flight) < max_parallel):
                 key, params = pending.popleft()
-                in_flight[task.remote(fn_ref, params, threads)] = (key, params)
+                in_flight[task.remote(fn_ref, params, threads, timeout)] = (key, params)
             done, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in done:
                 key, params = in_flight.pop(ref)
@@ -298,6 +342,8 @@ def _run_ray(fn_bytes, todo, max_parallel, threads, gpus_per_task, address, ray_
         if started: ray.shutdown()
 
 # %% ../nbs/09_grid.ipynb #58445183
+import contextlib
+
 _BACKENDS = ("local", "ray", "serial")
 
 def run_grid(
@@ -312,6 +358,8 @@ def run_grid(
     threads_per_task:int=1,         # torch/OpenMP threads per point (on Ray: CPUs reserved per task)
     ray_options:dict|None=None,     # extra Ray task options, e.g. {"resources": {"A100": 1}, "max_retries": 2}
     progress:bool=True,             # show a progress bar across the grid
+    timeout:float|None=None,        # stop a point after this many seconds (status "timeout"); None: no limit
+    on_change:str="rerun",          # points computed by an edited fn: "rerun" them (with a warning), "error", or "keep" them
 )->pd.DataFrame:                    # one row per point: parameter columns, result columns, status, error, seconds, key
     "Evaluate `fn` on every point of `grid`, writing each point's result as it finishes and skipping points already finished."
     if backend not in _BACKENDS: raise ValueError(f"backend={backend!r} is not one of {_BACKENDS}.")
@@ -321,12 +369,26 @@ def run_grid(
     if gpus_per_task < 0: raise ValueError(f"gpus_per_task={gpus_per_task} must be >= 0.")
     if not isinstance(threads_per_task, int) or threads_per_task < 1:
         raise ValueError(f"threads_per_task={threads_per_task!r} must be a positive integer.")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout={timeout!r} must be a positive number of seconds or None.")
+    if on_change not in ("rerun", "error", "keep"): raise ValueError(f"on_change={on_change!r} is not 'rerun', 'error' or 'keep'.")
     points = grid_points(grid)
+    clash = sorted({k for p in points for k in p} & set(_META))
+    if clash: raise ValueError(f"Grid parameter name(s) {clash} collide with run_grid's own columns {list(_META)}; "
+                               f"rename them (e.g. {clash[0]!r} -> {clash[0] + '_'!r}).")
     _check_signature(fn, points)
+    if backend == "local": _check_main_guard()
     slots = _gpu_slots(gpus_per_task, _visible_gpus()) if backend == "local" and gpus_per_task else []
     name = _fn_name(fn)
     folder = Path(results_dir if results_dir is not None else Path("grid_results") / name.replace("<", "").replace(">", ""))
     folder.mkdir(parents=True, exist_ok=True)
+    code = _fn_code(fn)
+    with _folder_lock(folder, name):
+        return _run_grid_locked(fn, points, backend, max_parallel, folder, name, code, slots, retry_failed, threads_per_task,
+                                gpus_per_task, address, ray_options, progress, timeout, on_change)
+
+def _run_grid_locked(fn, points, backend, max_parallel, folder, name, code, slots, retry_failed, threads_per_task,
+                     gpus_per_task, address, ray_options, progress, timeout, on_change):
     _remove_stale_tmp(folder)
     keys = [point_key(p) for p in points]
     old = {k: r for k in keys if (r := _read_record(folder / f"{k}.json")) is not None}
@@ -334,13 +396,21 @@ def run_grid(
     if other:
         raise ValueError(f"results_dir={str(folder)!r} holds results of fn {sorted(other)}, not of {name!r}. "
                          "Give this grid its own results_dir (the key hashes the parameters, not the function).")
+    changed = [k for k, r in old.items() if r.get("fn_code") not in (None, code)]
+    if changed:
+        msg = (f"fn {name!r} was edited since {len(changed)} of the points in {str(folder)!r} were computed "
+               f"(its code hash differs from the one stored with them)")
+        if on_change == "error": raise ValueError(msg + "; pass on_change='rerun' to recompute them, or 'keep' to keep them.")
+        warnings.warn(msg + ("; they are run again." if on_change == "rerun" else "; their old results are kept (on_change='keep')."))
+        if on_change == "rerun":
+            for k in changed: del old[k]
     todo = [(k, p) for k, p in zip(keys, points)
             if k not in old or (retry_failed and old[k].get("status") != "ok")]
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc=f"grid {name}", disable=not progress)
     failed = 0
     def on_done(key, params, rec):
         nonlocal failed
-        rec = dict(key=key, params=params, fn=name) | rec | dict(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        rec = dict(key=key, params=params, fn=name, fn_code=code) | rec | dict(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         _write_atomic(folder / f"{key}.json", rec)
         failed += rec["status"] != "ok"
         bar.update(1)
@@ -348,11 +418,11 @@ def run_grid(
     try:
         if todo:
             if backend == "serial":
-                for key, params in todo: on_done(key, params, _run_point(fn, params))
+                for key, params in todo: on_done(key, params, _run_point(fn, params, timeout=timeout))
             else:
                 fn_bytes = _pickle_fn(fn)
-                if backend == "local": _run_local(fn_bytes, todo, max_parallel, threads_per_task, slots, on_done)
-                else: _run_ray(fn_bytes, todo, max_parallel, threads_per_task, gpus_per_task, address, ray_options, on_done)
+                if backend == "local": _run_local(fn_bytes, todo, max_parallel, threads_per_task, slots, on_done, timeout)
+                else: _run_ray(fn_bytes, todo, max_parallel, threads_per_task, gpus_per_task, address, ray_options, on_done, timeout)
     finally: bar.close()
     df = load_grid(folder, points)
     n_bad = int((df["status"] != "ok").sum())
@@ -369,6 +439,54 @@ def _check_signature(fn, points)->None:
         except TypeError as e:
             raise ValueError(f"fn{sig} cannot be called with the grid point {p}: {e}. "
                              f"Grid names must be fn's parameter names.") from None
+
+
+def _fn_code(fn)->str:
+    "16 hex digits of SHA-256 of `fn`'s source (its bytecode and constants where the source is unavailable), and a partial's arguments."
+    f, extra = getattr(fn, "func", fn), repr((getattr(fn, "args", ()), getattr(fn, "keywords", {}))) if hasattr(fn, "func") else ""
+    try: text = inspect.getsource(f if inspect.isfunction(f) or inspect.ismethod(f) else type(f))
+    except (OSError, TypeError):
+        c = getattr(f, "__code__", None)
+        text = repr((c.co_code, c.co_consts, c.co_names)) if c is not None else repr(type(f))
+    return hashlib.sha256((text + extra).encode()).hexdigest()[:16]
+
+@contextlib.contextmanager
+def _folder_lock(folder:Path, name:str):
+    "Hold an exclusive lock on `folder` while a grid runs in it: a second `run_grid` on the same folder is refused."
+    import fcntl
+    f = open(folder / ".run_grid.lock", "a+")
+    try:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0); holder = f.read().strip() or "another process"
+            raise RuntimeError(f"results_dir={str(folder)!r} is in use by a grid still running ({holder}); wait for it "
+                               "to finish, or give this grid its own results_dir.") from None
+        f.seek(0); f.truncate()
+        f.write(f"fn {name!r}, pid {os.getpid()} on {socket.gethostname()}, since "
+                f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}"); f.flush()
+        yield
+    finally: f.close()   # closing releases the lock (also when the process dies)
+
+def _check_main_guard()->None:
+    "Refuse, before any worker starts, a script that calls run_grid at top level without `if __name__ == '__main__':`."
+    if getattr(mp.current_process(), "_inheriting", False):   # a worker importing the script (multiprocessing's bootstrap)
+        raise RuntimeError("run_grid was called while a worker process was starting: the script calling run_grid must "
+                           "do so under `if __name__ == '__main__':` (workers re-import the script).")
+    main = sys.modules.get("__main__"); file = getattr(main, "__file__", None)
+    if not file or not file.endswith(".py") or not os.path.isfile(file): return   # a notebook, the REPL, python -c
+    frame = inspect.currentframe()
+    while frame is not None and not (frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__"):
+        frame = frame.f_back
+    if frame is None: return
+    import ast
+    try: tree = ast.parse(Path(file).read_text())
+    except (OSError, SyntaxError): return
+    line = frame.f_lineno
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and node.lineno <= line <= node.end_lineno: return
+    raise RuntimeError(f"{file}:{line} calls run_grid at the top level of a script without `if __name__ == '__main__':`. "
+                       "The local backend's workers import the script again, which would run the grid again inside "
+                       "each of them; put the call under `if __name__ == '__main__':`, or use backend='serial'.")
 
 # %% ../nbs/09_grid.ipynb #9f01ea5b
 _META = ("status", "error", "seconds", "key")

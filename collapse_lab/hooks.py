@@ -50,8 +50,8 @@ def _family(model)->str:
     return getattr(cfg, "model_type", None) or str(getattr(model.cfg, "architecture", None) or "TL-native")
 
 def _probe_tokens(model)->Tensor:
-    "Five fixed token ids, valid for any vocabulary."
-    return (torch.arange(5, device=_model_device(model)) * 7 + 3).remainder(model.cfg.d_vocab)[None]
+    "Up to five fixed token ids (no more than the context holds), valid for any vocabulary."
+    return (torch.arange(min(5, model.cfg.n_ctx), device=_model_device(model)) * 7 + 3).remainder(model.cfg.d_vocab)[None]
 
 def _logits(out)->Tensor:
     return out.logits if hasattr(out, "logits") else out

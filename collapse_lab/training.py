@@ -68,14 +68,22 @@ def _row(name:str, value)->dict:
     return {name: float(value)}
 
 # %% ../nbs/05_training.ipynb #0415f6eb
+import hashlib, warnings
+from .storage import write_atomic, CorruptFileError
+
 CHECKPOINT = "checkpoint.pt"
 
-def _rng_state()->dict:
-    "Every RNG state a training step could consume, in `weights_only`-loadable types."
-    v, keys, pos, has_gauss, gauss = np.random.get_state()
-    st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+def _rng_raw()->tuple:
+    "Every RNG state a training step could consume, as the RNGs give them (cheap: taken at every step boundary)."
+    return (torch.get_rng_state(), random.getstate(), np.random.get_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+def _rng_state(raw:tuple|None=None)->dict:
+    "The RNG states (`raw` from `_rng_raw`, default: now) in `weights_only`-loadable types."
+    t, py, (v, keys, pos, has_gauss, gauss), cuda = raw or _rng_raw()
+    st = {"torch": t, "python": list(py[1]), "python_version": py[0],
           "numpy": [v, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
-    if torch.cuda.is_available(): st["cuda"] = torch.cuda.get_rng_state_all()
+    if cuda is not None: st["cuda"] = cuda
     return st
 
 def _set_rng_state(st:dict):
@@ -85,6 +93,25 @@ def _set_rng_state(st:dict):
     np.random.set_state((v, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
 
+def _digest(obj, h=None)->str:
+    "SHA-256 over a checkpoint's content: every key, number, string and tensor (dtype, shape, bytes), in order."
+    top = h is None
+    h = h or hashlib.sha256()
+    def put(tag:str, b:bytes=b""): h.update(tag.encode()); h.update(len(b).to_bytes(8, "little")); h.update(b)
+    if isinstance(obj, Tensor):
+        t = obj.detach().cpu().contiguous()
+        put("T", f"{t.dtype}{list(t.shape)}".encode()); put("b", t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        put("{", str(len(obj)).encode())
+        for k, v in obj.items(): _digest(k, h); _digest(v, h)
+    elif isinstance(obj, (list, tuple)):
+        put("[" if isinstance(obj, list) else "(", str(len(obj)).encode())
+        for v in obj: _digest(v, h)
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.dtype, torch.device)):
+        put(type(obj).__name__, obj if isinstance(obj, bytes) else repr(obj).encode())
+    else: raise TypeError(f"a checkpoint cannot hold a {type(obj).__name__}: {obj!r:.60}")
+    return h.hexdigest() if top else ""
+
 def save_checkpoint(
     path:str|Path,          # checkpoint folder (created if missing)
     model,                  # the model being trained
@@ -92,24 +119,37 @@ def save_checkpoint(
     step:int,               # steps completed
     history:dict|None=None, # the run's history so far, {column: list}
     config:dict|None=None,  # the run's settings (numbers and strings)
+    rng:dict|None=None,     # RNG states to record (default: the current ones)
 )->Path:                    # the checkpoint file
-    "Write model, optimiser and RNG states atomically (temporary file + `os.replace`)."
+    "Write model, optimiser and RNG states with a SHA-256 over all of them, atomically (`collapse_lab.storage.write_atomic`)."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(), "step": int(step),
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng or _rng_state(), "step": int(step),
              "history": history or {}, "config": config or {}}
-    tmp = path / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path / CHECKPOINT)
-    return path / CHECKPOINT
+    state["sha256"] = _digest(state)
+    return write_atomic(path / CHECKPOINT, lambda f: torch.save(state, f))
 
 def load_checkpoint(
     path:str|Path,          # checkpoint folder or file
 )->dict:                    # {"model", "optimizer", "rng", "step", "history", "config"}
-    "Read a checkpoint written by `save_checkpoint` (with `weights_only=True`: no code is unpickled)."
+    "Read a checkpoint written by `save_checkpoint` (`weights_only=True`: no code is unpickled), checking its SHA-256."
     path = Path(path)
     f = path / CHECKPOINT if path.is_dir() else path
     if not f.is_file(): raise FileNotFoundError(f"No checkpoint at {f}: train with checkpoint_dir={str(path)!r} first.")
-    return torch.load(f, weights_only=True, map_location="cpu")
+    try: state = torch.load(f, weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise CorruptFileError(f"{f} is corrupt (not a readable checkpoint: {type(e).__name__}: {str(e)[:200]}); "
+                               "resume from an earlier copy or train again.") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "rng", "step"} <= set(state):
+        raise CorruptFileError(f"{f} is corrupt or not a collapse_lab checkpoint (its keys: {list(state)[:8] if isinstance(state, dict) else type(state).__name__}).")
+    if "sha256" not in state:
+        warnings.warn(f"{f} was written by an older collapse_lab without a checksum; it was read unchecked.")
+        return state
+    sha = state.pop("sha256")
+    try: ok = _digest(state) == sha
+    except TypeError: ok = False
+    if not ok: raise CorruptFileError(f"{f} is corrupt: its weights, optimiser state or history do not match the SHA-256 "
+                                      "checksum written with them; resume from an earlier copy or train again.")
+    return state
 
 # %% ../nbs/05_training.ipynb #ba44ac72
 @dataclass(repr=False)
@@ -186,18 +226,25 @@ def train(
         for k in hist:
             if k not in ("step", "loss"): hist[k].append(row.get(k, math.nan))
 
-    def checkpoint():
+    def checkpoint(rng=None):
         if checkpoint_dir is None: return
         n = len(hist["step"])   # an interrupt may land mid-row: keep the columns aligned
         for k in hist: hist[k][:] = hist[k][:n] + [math.nan] * (n - len(hist[k]))
-        save_checkpoint(checkpoint_dir, model, opt, done, hist, config)
+        saved[1] = True     # a write that fails (a full disk) is not retried on the way out
+        save_checkpoint(checkpoint_dir, model, opt, done, hist, config, rng=rng)
+        saved[:] = [done, False]
 
     was_training = model.training
     model.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train", leave=False)
     attached, stack = None, contextlib.ExitStack()
+    # An interrupt leaves a checkpoint only from a consistent state: before `opt.step` (weights as after `done` steps,
+    # the RNG as it was when the step began) or after the step's row is recorded. Inside `opt.step` the weights may
+    # be half updated, so the checkpoint already on disk (an earlier completed step) is kept instead.
+    step_rng, in_update, saved = None, False, [start, False]   # saved: [step on disk, writing now]
     try:
         for step in bar:
+            step_rng = _rng_raw() if checkpoint_dir is not None else None
             # --- the clamp schedule: (re)attach hooks only when the set of active clamps changes
             active = tuple(_active(c, step) for c in clamps)
             if active != attached:
@@ -209,6 +256,7 @@ def train(
             loss = batch_loss(model(batch.tokens), batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            in_update = True               # from here until the row is recorded, the state is not a step boundary
             opt.step()
             done = step + 1
             hist["step"].append(step); losses.append(loss.item())
@@ -218,6 +266,7 @@ def train(
                 with torch.no_grad():
                     for name, fn in track.items(): row |= _row(name, fn(model))
             record(row)
+            in_update, step_rng = False, None   # a completed step: the current state (and RNG) is the boundary
             if done % every == 0 or done == steps:
                 bar.set_postfix(loss=f"{sum(losses[-every:]) / len(losses[-every:]):.4f}",
                                 **{k: f"{v:.3f}" for k, v in list(row.items())[:4]})
@@ -230,8 +279,13 @@ def train(
                 break
         checkpoint()
     except BaseException:
-        # `done` steps are complete (the interrupted step never reached opt.step, or finished it): keep them
-        if done > start: checkpoint()
+        if in_update:
+            if checkpoint_dir is not None:
+                kept = (f"the checkpoint after step {saved[0]} is kept, and `resume` continues from there"
+                        if (Path(checkpoint_dir) / CHECKPOINT).exists() else "no checkpoint had been written yet")
+                warnings.warn(f"Interrupted inside the optimiser update of step {step}, where the weights may be half "
+                              f"updated: {kept}.")
+        elif done > saved[0] and not saved[1]: checkpoint(rng=step_rng and _rng_state(step_rng))   # `done` complete steps, RNG as at the step boundary
         raise
     finally:
         stack.close()                      # no hook outlives the run, whatever happened

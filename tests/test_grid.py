@@ -61,7 +61,7 @@ def assert_complete(df, folder, n):
     "Every point present exactly once, all finished, one file each, no temp files left behind."
     assert len(df) == n and df.key.is_unique, df
     assert (df.status == "ok").all(), df.error.dropna().tolist()
-    assert sorted(p.name for p in Path(folder).iterdir()) == sorted(f"{k}.json" for k in df.key)
+    assert sorted(p.name for p in Path(folder).iterdir() if p.name != ".run_grid.lock") == sorted(f"{k}.json" for k in df.key)
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +206,90 @@ def test_gpus_requested_without_gpus(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="0 GPU"):
         run_grid(slow, {"i": [0], "log": [str(tmp_path/"l")]}, gpus_per_task=1, results_dir=tmp_path/"r", progress=False)
     assert not (tmp_path/"r").exists() and not (tmp_path/"l").exists()   # refused before anything ran
+
+
+# --- "nothing lost, nothing silently wrong" (issue 14) ---
+
+def nonfinite(i):
+    return {"loss": float("nan") if i == 0 else float("inf"), "curve": [1.0, float("-inf")], "i": i}
+
+def test_results_are_strict_json_and_nan_comes_back(tmp_path):
+    df = run_grid(nonfinite, {"i": [0, 1]}, max_parallel=2, results_dir=tmp_path, progress=False)
+    for f in tmp_path.glob("*.json"):
+        json.loads(f.read_text(), parse_constant=lambda c: pytest.fail(f"{f.name} holds {c}: not strict JSON"))
+    assert df.status.tolist() == ["ok", "ok"]
+    assert df.loss.isna().iloc[0] and df.loss.iloc[1] == float("inf") and df.curve.iloc[0] == [1.0, float("-inf")]
+
+def named_like_columns(status, seconds): return {"x": 1}
+
+@pytest.mark.parametrize("names", [("status",), ("seconds",), ("key",), ("error",)])
+def test_parameter_names_colliding_with_columns_refused_before_running(tmp_path, names):
+    log = tmp_path / "calls.log"
+    def fn(**kw):
+        log.write_text("ran"); return {}
+    with pytest.raises(ValueError, match="collide with run_grid's own columns"):
+        run_grid(fn, {n: [1, 2] for n in names}, backend="serial", results_dir=tmp_path / "r")
+    assert not log.exists() and not list((tmp_path / "r").glob("*.json")) if (tmp_path / "r").exists() else True
+
+def nap(t): time.sleep(t); return {"t": t}
+
+@pytest.mark.parametrize("backend", ["serial", "local"])
+def test_per_point_timeout(tmp_path, backend):
+    t0 = time.time()
+    with pytest.warns(UserWarning, match="1 of 2 grid points failed"):
+        df = run_grid(nap, {"t": [0.0, 30.0]}, backend=backend, max_parallel=2, results_dir=tmp_path, timeout=1.0,
+                      progress=False)
+    assert df.status.tolist() == ["ok", "timeout"] and time.time() - t0 < 25
+    assert "PointTimeout" in df.error.iloc[1]
+    with pytest.raises(ValueError, match="timeout=-1"): run_grid(nap, {"t": [0]}, timeout=-1, results_dir=tmp_path)
+
+SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from collapse_lab.grid import run_grid
+import test_grid as T
+{body}
+"""
+
+def _script(tmp_path, body, name="s.py"):
+    p = tmp_path / name
+    p.write_text(SCRIPT.format(tests=str(TESTS), body=body))
+    return p
+
+def test_missing_main_guard_is_refused_clearly(tmp_path):
+    p = _script(tmp_path, f"run_grid(T.nap, {{'t': [0.0, 0.01]}}, results_dir={str(tmp_path / 'r')!r}, progress=False)")
+    out = subprocess.run([sys.executable, str(p)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode != 0 and "if __name__ == '__main__':" in out.stderr, out.stderr[-2000:]
+    assert "bootstrapping" not in out.stderr and not list((tmp_path / "r").glob("*.json"))
+    guarded = _script(tmp_path, "if __name__ == '__main__':\n    print(run_grid(T.nap, {'t': [0.0, 0.01]}, "
+                      f"results_dir={str(tmp_path / 'g')!r}, max_parallel=2, progress=False).status.tolist())", "g.py")
+    out = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0 and "['ok', 'ok']" in out.stdout, out.stderr[-2000:]
+
+def test_second_grid_on_a_folder_in_use_is_refused(tmp_path):
+    "Two grids, different functions, one folder, at once: the second is refused, the first's results are its own."
+    folder = tmp_path / "shared"
+    p = _script(tmp_path, "if __name__ == '__main__':\n    run_grid(T.nap, {'t': [1.5, 1.6]}, backend='serial', "
+                f"results_dir={str(folder)!r}, progress=False)")
+    child = subprocess.Popen([sys.executable, str(p)], cwd=tmp_path)
+    try:
+        deadline = time.time() + 60
+        while not (folder / ".run_grid.lock").exists() or not (folder / ".run_grid.lock").read_text():
+            assert time.time() < deadline and child.poll() is None; time.sleep(0.05)
+        with pytest.raises(RuntimeError, match="is in use by a grid still running .*'nap'"):
+            run_grid(nonfinite, {"i": [1.5]}, backend="serial", results_dir=folder)
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None: child.kill()
+    df = load_grid(folder)
+    assert sorted(df.t.tolist()) == [1.5, 1.6] and (df.status == "ok").all()
+
+def test_edited_function_is_detected(tmp_path):
+    ns = {}
+    exec("def f(a): return {'v': a}", ns); f1 = ns["f"]
+    exec("def f(a): return {'v': 10 * a}", ns); f2 = ns["f"]
+    assert run_grid(f1, {"a": [1, 2]}, backend="serial", results_dir=tmp_path, progress=False).v.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="was edited since 2 of the points"):
+        run_grid(f2, {"a": [1, 2]}, backend="serial", results_dir=tmp_path, on_change="error")
+    with pytest.warns(UserWarning, match="run again"):
+        assert run_grid(f2, {"a": [1, 2]}, backend="serial", results_dir=tmp_path, progress=False).v.tolist() == [10, 20]

@@ -130,21 +130,87 @@ def test_stop_event_ends_at_step_boundary_and_keeps_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path)["step"] == 30    # written on stop although checkpoint_every is 1000
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    "A full disk half way through a checkpoint: the previous checkpoint is intact and no temporary is left."
+    import errno
     model = _model(); opt = torch.optim.Adam(model.parameters())
     save_checkpoint(tmp_path, model, opt, 5)
     real = torch.save
-    def crash(obj, f, *a, **k):
-        Path(f).write_bytes(b"half a checkpoint")       # a partial write, then the process dies
-        raise OSError("disk full")
-    monkeypatch.setattr(training.torch, "save", crash)
-    with pytest.raises(OSError): save_checkpoint(tmp_path, model, opt, 6)
+    def full_disk(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(training.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"): save_checkpoint(tmp_path, model, opt, 6)
     monkeypatch.setattr(training.torch, "save", real)
     assert load_checkpoint(tmp_path)["step"] == 5      # the previous checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]
+
+def test_full_disk_during_training_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+    real, calls = torch.save, [0]
+    def sometimes_full(obj, f, *a, **k):
+        calls[0] += 1
+        if calls[0] == 3: raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+    monkeypatch.setattr(training.torch, "save", sometimes_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(_model(), _task(), 50, every=10, checkpoint_dir=tmp_path, progress=False)
+    assert load_checkpoint(tmp_path)["step"] == 20 and [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]
+
+def test_checkpoint_bit_flips_are_caught(tmp_path):
+    "Flip sampled bits of a checkpoint: loading either raises 'corrupt' or gives back identical content."
+    import random as _random
+    model = _model(); opt = torch.optim.Adam(model.parameters())
+    train(model, _task(), 3, every=3, checkpoint_dir=tmp_path, progress=False)
+    f = tmp_path / CHECKPOINT
+    raw, good = f.read_bytes(), load_checkpoint(tmp_path)
+    want = training._digest(good)
+    rng, outcomes = _random.Random(0), {"corrupt": 0, "identical": 0}
+    for i in sorted(rng.sample(range(len(raw)), 150)):
+        bad = bytearray(raw); bad[i] ^= 1 << rng.randrange(8)
+        f.write_bytes(bytes(bad))
+        try: ck = load_checkpoint(tmp_path)
+        except ValueError as e:
+            assert "is corrupt" in str(e) and str(f) in str(e), str(e); outcomes["corrupt"] += 1; continue
+        assert training._digest(ck) == want, f"byte {i}: a flipped bit loaded as a different checkpoint"
+        outcomes["identical"] += 1
+    assert outcomes["corrupt"] > 0
+    f.write_bytes(raw)
+    with pytest.raises(ValueError, match="is corrupt"):    # resume checks it too
+        bad = bytearray(raw); bad[raw.index(b"data/0") + 300] ^= 0x10; f.write_bytes(bytes(bad))
+        resume(tmp_path, _model(), _task(), progress=False)
+
+@pytest.mark.parametrize("where", ["before_update", "half_update", "after_update"])
+@pytest.mark.parametrize("checkpoint_every", [1, 10])
+def test_ctrl_c_inside_optimizer_step_resumes_exactly(tmp_path, reference, where, checkpoint_every):
+    "KeyboardInterrupt raised from inside opt.step (before, half way through, after the update) at step 57."
+    from torch.optim.optimizer import register_optimizer_step_pre_hook, register_optimizer_step_post_hook
+    calls = [0]
+    def pre(opt, args, kwargs):
+        calls[0] += 1
+        if calls[0] != 58: return
+        if where == "half_update":
+            with torch.no_grad(): opt.param_groups[0]["params"][0].mul_(0.5)
+        if where != "after_update": raise KeyboardInterrupt
+    def post(opt, args, kwargs):
+        if calls[0] == 58 and where == "after_update": raise KeyboardInterrupt
+    hs = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+    model = _model()
+    try:
+        with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="inside the optimiser update of step 57"):
+            train(model, _noisy(_task()), STEPS, clamps=_clamps(), every=10, lr=3e-3, checkpoint_dir=tmp_path,
+                  checkpoint_every=checkpoint_every, progress=False)
+    finally:
+        for h in hs: h.remove()
+    assert _n_hooks(model) == 0
+    assert load_checkpoint(tmp_path)["step"] == (57 if checkpoint_every == 1 else 50)
+    again = resume(tmp_path, _model(), _noisy(_task()), clamps=_clamps(), progress=False)
+    _same_weights(again.model, reference.model)
+    assert again.history.loss.tolist() == reference.history.loss.tolist()
 
 def test_checkpoint_loads_with_weights_only(tmp_path):
     train(_model(), _task(), 10, every=5, checkpoint_dir=tmp_path, progress=False)
     ck = torch.load(tmp_path / CHECKPOINT, weights_only=True)
-    assert ck["step"] == 10 and set(ck) >= {"model", "optimizer", "rng", "history", "config"}
+    assert ck["step"] == 10 and set(ck) >= {"model", "optimizer", "rng", "history", "config", "sha256"}
 
 def test_tracked_vectors_become_columns():
     task = _task(); ev = task.batch(0, "eval")
