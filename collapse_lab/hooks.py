@@ -287,6 +287,14 @@ def _hint(model, name:str)->str:
         return f"{b}hook_q_input, {b}hook_k_input or {b}hook_v_input (use_split_qkv_input is on: attention reads those)"
     return "one of the hooks in collapse_lab.hooks.EDIT_MEANING"
 
+def _named(model, name:str):
+    "Raise unless `name` is a hook of `model` (a resid_mid a block lacks says why)."
+    m = _RESID_MID.fullmatch(name)
+    if m and int(m[1]) < model.cfg.n_layers:
+        error = _resid_mid_error(model, name, int(m[1]))
+        if error is not None: raise error
+    check_hook(model, name)
+
 def check_edit(
     model,      # a TransformerBridge
     name:str,   # hook name an intervention will write to
@@ -295,11 +303,7 @@ def check_edit(
     key = (name,) + _structure(model, "")[::3]              # the name, the wrapped model, the hook flags
     ok = model.__dict__.setdefault("_collapse_lab_edit_ok", set())
     if key in ok: return name
-    m = _RESID_MID.fullmatch(name)
-    if m and int(m[1]) < model.cfg.n_layers:
-        error = _resid_mid_error(model, name, int(m[1]))
-        if error is not None: raise error
-    check_hook(model, name)
+    _named(model, name)
     v = _edit_verdict(model, name)
     family = _family(model)
     if v["ids"]: raise ValueError(f"{name} carries token ids, not activations; edit hook_embed instead.")
@@ -327,11 +331,7 @@ def check_read(
     key = ("read", name) + _structure(model, "")[::3]
     ok = model.__dict__.setdefault("_collapse_lab_edit_ok", set())
     if key in ok: return name
-    m = _RESID_MID.fullmatch(name)
-    if m and int(m[1]) < model.cfg.n_layers:
-        error = _resid_mid_error(model, name, int(m[1]))
-        if error is not None: raise error
-    check_hook(model, name)
+    _named(model, name)
     if not _edit_verdict(model, name)["fired"]:
         raise ValueError(f"{name} never fires on this {_family(model)} model (measured), so there is nothing to read. "
                          f"Read {_hint(model, name)}.")

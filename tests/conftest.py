@@ -8,6 +8,17 @@ sys.path.insert(0, str(Path(__file__).parent))          # tests/browser_support.
 sys.path.insert(1, str(Path(__file__).parents[1]))      # this checkout's collapse_lab, installed (-e) or not
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread while a module's tests run (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    their models are tiny, and on shared cores a second thread only waits (3-25x slower measured)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try: yield
+    finally: torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def lab_server():
     "A private JupyterLab server (token, free loopback port, COLLAPSE_LAB_QUICK=1) on a temporary copy of nbs/."

@@ -12,14 +12,9 @@ D, V = fs.SIZES["d_model"], fs.SIZES["d_vocab"]
 
 
 @pytest.fixture(scope="module")
-def zoo():
-    """Each family's checkpoint, built once per test process (shared with the other family tests); models cached.
-    One intra-op thread while it lives: these models are tiny, and a second thread only waits (3x slower when the
-    machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try: yield fs.zoo()
-    finally: torch.set_num_threads(threads)
+def zoo(one_thread):
+    "Each family's checkpoint, built once per test process (shared with the other family tests); models cached."
+    return fs.zoo()
 
 
 def _gen(seed): return torch.Generator().manual_seed(seed)

@@ -11,13 +11,7 @@ from families_support import FAMILIES
 D = fs.SIZES["d_model"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    "One intra-op thread: these models are tiny, and a second thread only waits on a shared machine."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 TEXTS = ["t5 t7 t9", "t11 t13 t15 t17 t19 t21 t23 t25 t27", "t30 t31 t32 t33 t34"]
 HOOK = "blocks.0.hook_resid_post"
 

@@ -20,13 +20,7 @@ D = 32
 RESID = "blocks.1.hook_resid_post"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "One intra-op thread: these models are tiny, and on shared cores a second thread only waits."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Zoo:

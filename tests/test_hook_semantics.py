@@ -18,7 +18,8 @@ from collapse_lab.core import load_model, tiny_hf_checkpoint
 from collapse_lab.hooks import EDIT_MEANING, attach, check_edit, check_read, edit_kind, hooked, block_layout
 
 NB = Path(__file__).parents[1] / "nbs" / "00c_hooks.ipynb"
-pytestmark = pytest.mark.filterwarnings("ignore:A forward hook edited hook_scale/hook_normalized")   # TL's note on ln edits
+pytestmark = [pytest.mark.filterwarnings("ignore:A forward hook edited hook_scale/hook_normalized"),   # TL's note on ln edits
+              pytest.mark.usefixtures("one_thread")]
 TOKENS = torch.tensor([[1, 5, 9, 14, 20, 33, 41]])
 D, H, DH, DMLP, HEAD, LAYER = 32, 4, 8, 128, 1, 0
 POS = 2                  # per-head edits touch one position (the same shift of every key would change nothing)
@@ -61,13 +62,6 @@ def _checkpoint(arch:str, config:dict|None=None)->Path:
         (path / "config.json").write_text(json.dumps(cfg))
     return path
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "Tiny models on shared cores: one thread is ~25x faster than two that spin waiting for each other."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try: yield
-    finally: torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def models(one_thread):
