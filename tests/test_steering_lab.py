@@ -1,5 +1,16 @@
 "SteeringLab: no hook left after many slider moves, update latency, errors shown in the panel; text mode (continuations by `generate`, regenerated on release)."
-import asyncio, html, statistics, time, torch, pytest
+import asyncio, html, statistics, threading, time, torch, pytest
+
+
+def _run_loop(coro):
+    "`asyncio.run(coro)` in a thread of its own: a browser test's Playwright may hold a running loop in this one."
+    out = {}
+    def main():
+        try: out["value"] = asyncio.run(coro)
+        except BaseException as e: out["error"] = e
+    t = threading.Thread(target=main); t.start(); t.join()
+    if "error" in out: raise out["error"]
+    return out["value"]
 import collapse_lab as cl
 from collapse_lab.bandit import Bandits, TokenRendering
 from collapse_lab.steering_lab import SteeringLab
@@ -124,7 +135,7 @@ def test_text_mode_regenerates_on_release_only(text_model, big_vector, capsys):
         await asyncio.sleep(0.3)
         assert lab.generations == n0 + 1, "one regeneration per release"
         return waited
-    waited = asyncio.run(drag(torch.linspace(0.1, 3, 40).tolist()))
+    waited = _run_loop(drag(torch.linspace(0.1, 3, 40).tolist()))
     ref = generate(text_model, PROMPT, cl.Steer(TEXT_HOOK, big_vector, coef=3.), max_new_tokens=10, greedy=True)
     assert lab.generation.text == ref.text and "release the slider" not in lab.continuation.value
     assert waited >= 0.15, waited
