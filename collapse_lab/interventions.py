@@ -60,6 +60,16 @@ def _pos_axis(hook:str)->int:
     "Axis of the (query) position in `hook`'s activation."
     return 2 if hook.endswith(("hook_pattern", "hook_attn_scores")) else 1
 
+def _keys_last(hook:str)->bool:
+    "Is `hook`'s last axis the key positions (attention patterns and scores), so its width is the run's length?"
+    return hook.endswith(("hook_pattern", "hook_attn_scores"))
+
+def _check_width(act:Tensor, n:int, what:str, hook:str):
+    "At a key-position hook, refuse a vector/basis whose size is not this run's number of key positions."
+    if act.shape[-1] != n:
+        raise ValueError(f"{what} has size {n} but {hook} activations have last dimension {act.shape[-1]} in this run "
+                         f"(the number of key positions, which follows the prompt length).")
+
 def _head_axis(hook:str)->int|None:
     "Axis of the head in `hook`'s activation, or None if it has none."
     if hook.endswith(("hook_pattern", "hook_attn_scores")): return 1
@@ -111,6 +121,11 @@ class Intervention:
     def make_hook(self, model)->Callable:
         "A TransformerLens hook function `(activation, hook) -> activation` applying this intervention."
         raise NotImplementedError
+
+    @property
+    def batch_dependent(self)->bool:
+        "Does one row's result depend on the other rows of the batch? (`sweep` then runs one coefficient per pass.)"
+        return False
 
     def __repr__(self):
         return f"{type(self).__name__}(" + ", ".join(f"{f.name}={_show(getattr(self, f.name))}" for f in fields(self)) + ")"
@@ -223,6 +238,7 @@ class Steer(Intervention):
 
     def validate(self, model):
         super().validate(model)
+        if _keys_last(self.hook): return   # the width is the run's length: checked when the hook fires
         d = _hook_shape(model, self.hook)[-1]
         if self.vector.numel() != d:
             raise ValueError(f"Steer vector has size {self.vector.numel()} but {self.hook} activations have last "
@@ -231,7 +247,9 @@ class Steer(Intervention):
     def make_hook(self, model):
         v_cache, positions = _prewarm(self.vector, model, {}), self.positions
         c_cache = _prewarm(self.coef, model, {}) if isinstance(self.coef, Tensor) else {}
+        keys_last = _keys_last(self.hook)
         def steer(act, hook):
+            if keys_last: _check_width(act, self.vector.numel(), "Steer vector", self.hook)
             v = _on(self.vector, act, v_cache)
             delta = v * (_per_row(_on(self.coef, act, c_cache).reshape(-1), act.shape[0], act.ndim)
                          if isinstance(self.coef, Tensor) else self.coef)
@@ -256,14 +274,25 @@ class SubspacePatch(Intervention):
         if b.ndim == 1: b = b[None]
         if b.ndim != 2 or b.shape[0] == 0 or b.shape[1] == 0:
             raise ValueError(f"basis must be [k, d] with k >= 1, got shape {list(b.shape)} (an empty basis patches nothing).")
-        rank = torch.linalg.matrix_rank(b.double()).item()
+        # judged at the basis's own precision: a direction made of float32 rounding noise is not a direction
+        eps = torch.finfo(b.dtype if b.is_floating_point() else torch.float32).eps
+        rank = torch.linalg.matrix_rank(b.double(), rtol=eps * max(b.shape)).item()
         if rank < b.shape[0]:
-            raise ValueError(f"basis is rank-deficient: {b.shape[0]} vectors span only {rank} dimensions; drop the dependent ones.")
+            raise ValueError(f"basis is rank-deficient at {str(b.dtype).removeprefix('torch.')} precision: {b.shape[0]} "
+                             f"vectors span only {rank} dimensions; drop the dependent ones.")
         self.basis = b
         if isinstance(self.source, str) or (isinstance(self.source, (list, tuple, Prompts))
                                             and not all(isinstance(x, (int, float)) for x in self.source)):
             return   # prompts: tokenised by the model when the patch is made
         self.source = _tensor(self.source, "SubspacePatch source")
+
+    @property
+    def batch_dependent(self)->bool:
+        "A source of several prompts pairs row by row with the run, so the run's rows cannot be regrouped."
+        src = self.source
+        if isinstance(src, str): return False
+        if isinstance(src, Tensor): return (src.ndim > 1 or self.source_is_activation) and src.shape[0] > 1
+        return len(src) > 1
 
     @property
     def source_is_activation(self)->bool:
@@ -277,6 +306,7 @@ class SubspacePatch(Intervention):
 
     def validate(self, model):
         super().validate(model)
+        if _keys_last(self.hook): return   # the width is the run's length: checked when the hook fires
         d = _hook_shape(model, self.hook)[-1]
         if self.basis.shape[1] != d:
             raise ValueError(f"basis vectors have size {self.basis.shape[1]} but {self.hook} activations have last dimension {d}.")
@@ -287,7 +317,9 @@ class SubspacePatch(Intervention):
         src = self.source if self.source_is_activation else activations(model, self.source, self.hook)
         Q = self.projector_basis
         src_cache, q_cache = _prewarm(src, model, {}), _prewarm(Q, model, {})
+        keys_last = _keys_last(self.hook)
         def patch(act, hook):
+            if keys_last: _check_width(act, Q.shape[0], "SubspacePatch basis", self.hook)
             s, q = _on(src, act, src_cache), _on(Q, act, q_cache)
             if s.shape[0] not in (1, act.shape[0]):
                 raise ValueError(f"source has batch {s.shape[0]} but the run has batch {act.shape[0]}; use 1 or {act.shape[0]}.")
@@ -328,6 +360,23 @@ class Clamp(Intervention):
         self.heads = _index_list(self.heads, "heads", "Clamp")
         self.positions = _index_list(self.positions, "positions", "Clamp")
 
+    @property
+    def batch_dependent(self)->bool:
+        "A function of the activation sees the whole batch."
+        return callable(self.value)
+
+    def _called(self, act:Tensor)->Tensor:
+        "`value(act)`, refused unless it is a finite tensor."
+        name = getattr(self.value, "__name__", type(self.value).__name__)
+        t = self.value(act)
+        if not isinstance(t, Tensor):
+            raise ValueError(f"Clamp value function {name} returned {type(t).__name__} at {self.hook}; it must return a "
+                             "tensor broadcastable to the clamped slice (batch first).")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"Clamp value function {name} returned {int((~torch.isfinite(t)).sum())} NaN or inf value(s) "
+                             f"at {self.hook}; the clamped activation must be finite.")
+        return t
+
     def active_at(self, step:int)->bool:
         "Is the clamp on at training step `step`?"
         return self.steps is None or self.steps[0] <= step < self.steps[1]
@@ -336,7 +385,7 @@ class Clamp(Intervention):
         cache = _prewarm(self.value, model, {}) if isinstance(self.value, Tensor) else {}
         def clamp(act, hook):
             ix = _site(act, self.hook, self.positions, self.heads)
-            target = self.value(act) if callable(self.value) else _on(self.value, act, cache)
+            target = self._called(act) if callable(self.value) else _on(self.value, act, cache)
             sel = act[ix]
             try: target = torch.broadcast_to(target.to(act.dtype), sel.shape)
             except RuntimeError:
@@ -360,8 +409,14 @@ class Ablate(Intervention):
         self.heads = _index_list(self.heads, "heads", "Ablate")
         self.positions = _index_list(self.positions, "positions", "Ablate")
 
+    @property
+    def batch_dependent(self)->bool: return self.how == "mean"
+
     def make_hook(self, model):
         def ablate(act, hook):
+            if self.how == "mean" and act.shape[0] == 1:
+                raise ValueError(f"Ablate(how='mean') at {self.hook} on a batch of 1 would change nothing (the mean of one "
+                                 "row is the row): run it on a batch of several prompts, or use how='zero'.")
             ix = _site(act, self.hook, self.positions, self.heads)
             sel = act[ix]
             act = act.clone()
@@ -532,7 +587,10 @@ def sweep(
     if max_batch is not None and max_batch < 1: raise ValueError(f"max_batch={max_batch} must be at least 1.")
     prompts = as_prompts(model, tokens, attention_mask, prepend_bos)
     B = len(prompts)
-    per = max(1, (max_batch or _auto_max_batch(model, prompts.tokens)) // B)
+    # A batch mean (Ablate "mean"), a function of the whole activation or a row-paired source would mix the
+    # coefficients' blocks: those run one coefficient per pass, so the result still equals one `run` per coefficient.
+    together = not any(iv.batch_dependent for iv in [intervention, *_flatten(others)])
+    per = max(1, (max_batch or _auto_max_batch(model, prompts.tokens)) // B) if together else 1
     values = []
     with torch.no_grad():
         for start in range(0, len(coefs), per):

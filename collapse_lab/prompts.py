@@ -125,6 +125,16 @@ def _run_length(rows:Tensor, tok:int, from_end:bool)->Tensor:
     eq = (rows.flip(-1) if from_end else rows) == tok
     return eq.long().cumprod(-1).sum(-1)
 
+def _check_vocab(model, tokens:Tensor):
+    "Refuse token ids outside the model's vocabulary (the embedding lookup would fail with an index error, or on GPU an assert)."
+    n = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if not n or n < 0 or tokens.numel() == 0: return
+    bad = ((tokens < 0) | (tokens >= n))
+    if bad.any():
+        ids = sorted(set(tokens[bad].tolist()))
+        raise ValueError(f"token ids {ids[:8]}{' ...' if len(ids) > 8 else ''} are outside the model's vocabulary "
+                         f"(valid ids: 0..{n - 1}, d_vocab={n}).")
+
 def _check_unpadded(model, tokens:Tensor):
     "Refuse a [batch, pos] tensor that looks padded (runs of the pad token of different lengths at an end) without a mask."
     tok = getattr(model, "tokenizer", None)
@@ -172,7 +182,10 @@ def as_prompts(
         rows = [t[r.bool()] for t, r in zip(prompts.long().cpu(), m)]
     else:
         if isinstance(prompts, Tensor) and prompts.ndim == 2 and not prompts.is_floating_point():
-            _check_unpadded(model, prompts.cpu())
+            host = prompts.cpu()
+            _check_vocab(model, host); _check_unpadded(model, host)
             return Prompts(prompts.long().to(_model_device(model)))
         rows = prompt_list(model, prompts, prepend_bos)
-    return _pack(rows, _pad_id(model)).to(_model_device(model))
+    packed = _pack(rows, _pad_id(model))
+    _check_vocab(model, packed.tokens)
+    return packed.to(_model_device(model))
