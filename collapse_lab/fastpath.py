@@ -16,7 +16,7 @@ from transformer_lens.model_bridge.generalized_components.base import Generalize
 from .core import _model_device
 
 # %% auto #0
-__all__ = ['bare_model', 'fast_sites', 'fast_applies', 'fast_forward']
+__all__ = ['bare_model', 'fast_sites', 'fast_applies', 'bare_view', 'fast_forward']
 
 # %% ../nbs/01b_fastpath.ipynb #f15cccf4
 # Per-instance hook registries a copied module must not share with the module it copies.
@@ -305,6 +305,17 @@ def _mask_kwargs(module:nn.Module, attention_mask:Tensor|None, device)->dict:
         kw["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
     return kw
 
+def bare_view(
+    model,   # a TransformerBridge
+)->_Bare|None:
+    "The model's verified bare view (None when it has none), following the bridge's train/eval mode (dropout)."
+    b = _bare_state(model)
+    if b is not None and b.training != model.training:
+        b.module.train(model.training)
+        for bm, om in b.pairs: bm.training = om.training
+        b.training = model.training
+    return b
+
 def fast_forward(
     model,                      # a TransformerBridge for which `fast_applies` holds
     tokens:Tensor,              # [batch, pos] (or [pos]) token ids
@@ -312,14 +323,10 @@ def fast_forward(
     attention_mask:Tensor|None=None, # [batch, pos], 1 for real tokens, for a left-padded batch
 )->Tensor:
     "Logits of the bare view on `tokens` with `hooks` attached as plain forward hooks; all removed on exit."
-    b = _bare_state(model)
+    b = bare_view(model)
     if b is None: raise ValueError("this model has no bare view; run it through the bridge.")
     bad = [h for h, _ in hooks if h not in b.sites]
     if bad: raise ValueError(f"{bad} are not fast sites of this model; valid: {sorted(b.sites)}.")
-    if b.training != model.training:   # follow model.train()/eval() (dropout)
-        b.module.train(model.training)
-        for bm, om in b.pairs: bm.training = om.training
-        b.training = model.training
     tokens = torch.as_tensor(tokens)
     if tokens.ndim == 1: tokens = tokens[None]
     dev = _model_device(model)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .core import _model_device
 from .prompts import Prompts, as_prompts, prompt_list, _pad_id
-from .fastpath import _bare_state, _add_hook, fast_applies, _logits, _rel_err, _tolerance
+from .fastpath import bare_view, _add_hook, fast_applies, _logits, _rel_err, _tolerance
 from .interventions import SubspacePatch, activations, _flatten, _forward, _pos_axis, _show
 from .hooks import attach
 
@@ -330,16 +330,9 @@ def _bridge_cache_ok(model)->bool:
 def _path(model, names:list, fast:bool, use_cache:bool)->str:
     "'fast', 'bridge' or 'recompute' for a generation needing hooks `names`."
     if use_cache:
-        if fast and fast_applies(model, names) and _has_cache(_bare_state(model).module): return "fast"
+        if fast and fast_applies(model, names) and _has_cache(bare_view(model).module): return "fast"
         if _has_cache(getattr(model, "original_model", None)) and _bridge_cache_ok(model): return "bridge"
     return "recompute"
-
-def _follow_mode(b, model):
-    "The bare view follows the bridge's train/eval mode (dropout), as `fast_forward` does."
-    if b.training != model.training:
-        b.module.train(model.training)
-        for bm, om in b.pairs: bm.training = om.training
-        b.training = model.training
 
 # %% ../nbs/01c_generation.ipynb #0d5cfaeb
 def _entropy(logits:Tensor)->Tensor:
@@ -493,8 +486,7 @@ def generate(
     with torch.no_grad():
         try:
             if path == "fast":
-                b = _bare_state(model)
-                _follow_mode(b, model)
+                b = bare_view(model)
                 for name, fn in hooks: removers.append(_add_hook(*b.sites[name], name, fn))
                 step = _FastStep(b.module)
             elif path == "bridge":

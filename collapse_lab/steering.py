@@ -14,6 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from safetensors.torch import save as _st_save, load as _st_load
 
+from .storage import save_tensors, load_tensors, library_version
 from .core import check_hook, hook_shape, _model_device
 from .interventions import Steer, activations
 from .prompts import prompt_list
@@ -113,10 +114,8 @@ def _model_name(model)->str:
     return str(getattr(model.cfg, "model_name", None) or type(model).__name__)
 
 def _record(model, hook, method, normalize, n, ref_norm, **extra)->dict:
-    import collapse_lab
     return dict(method=method, model_name=_model_name(model), hook=hook, d_model=int(model.cfg.d_model),
-                normalize=normalize, mean_act_norm=ref_norm, n_prompts=n,
-                collapse_lab_version=getattr(collapse_lab, "__version__", "?")) | extra
+                normalize=normalize, mean_act_norm=ref_norm, n_prompts=n, collapse_lab_version=library_version()) | extra
 
 # %% ../nbs/03_steering.ipynb #93c837fe
 def mean_difference(
@@ -172,8 +171,6 @@ def east_vector(
                                            grouped=groups is not None, mean_entropy=H.mean().item()))
 
 # %% ../nbs/03_steering.ipynb #3d04db33
-from .storage import save_tensors, load_tensors
-
 _KEY = "vector"
 
 def save_vector(
@@ -187,10 +184,9 @@ def save_vector(
         raise ValueError(f"vector must be a non-empty [d] or [k, d] tensor, got {getattr(vector, 'shape', type(vector))}.")
     if not vector.is_floating_point() or not torch.isfinite(vector).all():
         raise ValueError("vector must be a finite floating-point tensor (no NaN or inf).")
-    import collapse_lab
     t = vector.detach().cpu().contiguous()
     meta = {"kind": "vector", "d_model": int(t.shape[-1]), "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
-            "collapse_lab_version": getattr(collapse_lab, "__version__", "?")} | dict(meta or {})
+            "collapse_lab_version": library_version()} | dict(meta or {})
     if meta["d_model"] != t.shape[-1]:
         raise ValueError(f"meta d_model={meta['d_model']} but the vector's last dimension is {t.shape[-1]}.")
     return save_tensors(path, {_KEY: t}, meta)

@@ -13,7 +13,7 @@ from torch import Tensor
 from safetensors.torch import save as _st_save, load as _st_load
 
 # %% auto #0
-__all__ = ['FORMAT', 'CorruptFileError', 'write_atomic', 'digest', 'save_tensors', 'load_tensors']
+__all__ = ['FORMAT', 'CorruptFileError', 'write_atomic', 'library_version', 'digest', 'save_tensors', 'load_tensors']
 
 # %% ../nbs/00d_storage.ipynb #d3e2c420
 class CorruptFileError(ValueError):
@@ -61,6 +61,12 @@ def write_atomic(
 
 # %% ../nbs/00d_storage.ipynb #1c8e62c2
 FORMAT = "collapse_lab/2"   # the safetensors layout every collapse_lab object is saved in
+
+def library_version()->str:
+    "The installed collapse_lab version, recorded in the files it writes (\"?\" when run from an uninstalled checkout)."
+    import importlib.metadata
+    try: return importlib.metadata.version("collapse_lab")
+    except importlib.metadata.PackageNotFoundError: return "?"
 
 def _tensor_bytes(t:Tensor)->bytes:
     t = t.detach().cpu().contiguous()
