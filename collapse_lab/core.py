@@ -15,7 +15,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 # %% auto #0
 __all__ = ['HF_FAMILIES', 'get_device', 'resolve_dtype', 'quick', 'tiny_model', 'load_model', 'tiny_hf_checkpoint', 'hook_names',
-           'check_hook', 'hook_name', 'hook_shape']
+           'check_hook', 'hook_name', 'hook_shape', 'model_device', 'model_cache']
 
 # %% ../nbs/00_core.ipynb #ebc7e720
 def get_device(
@@ -315,18 +315,32 @@ def hook_shape(
 )->tuple:
     "Shape of `name`'s activation for a batch of 1 and 2 positions (measured once per model, then cached)."
     check_hook(model, name)
-    shapes = model.__dict__.setdefault("_collapse_lab_hook_shapes", {})
+    shapes = model_cache(model, "hook_shapes")
     if name not in shapes:
         seen = {}
         hp = model.hook_dict[name]
         handle = hp.add_hook(lambda x, hook: seen.update(shape=tuple(x.shape)))  # returns None: observe only
         try:
-            with torch.no_grad(): model(torch.zeros(1, 2, dtype=torch.long, device=_model_device(model)))
+            with torch.no_grad(): model(torch.zeros(1, 2, dtype=torch.long, device=model_device(model)))
         finally:
             handle.hook.remove(); hp.fwd_hooks.remove(handle)
         shapes[name] = seen["shape"]
     return shapes[name]
 
-def _model_device(model)->torch.device:
+def model_device(
+    model,   # a TransformerBridge (or any torch module)
+)->torch.device:
     "Device of the model's first parameter (its input device)."
     return next(model.parameters()).device
+
+_model_device = model_device
+
+def model_cache(
+    model,                       # a TransformerBridge
+    name:str,                    # which cache: "hook_shapes", "bare", "edit_verdicts", ...
+    factory=dict,                # builds the cache the first time it is asked for
+):
+    "The per-model cache `name`: every collapse_lab cache lives in one dict on the model, built on first use."
+    state = model.__dict__.setdefault("_collapse_lab", {})
+    if name not in state: state[name] = factory()
+    return state[name]

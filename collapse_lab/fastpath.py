@@ -7,13 +7,14 @@ from __future__ import annotations
 import copy, inspect, warnings
 from collections import OrderedDict
 from operator import attrgetter
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
-from .core import _model_device
+from .core import model_cache, _model_device
+from .hooks import attach, attach_module
 
 # %% auto #0
 __all__ = ['bare_model', 'fast_sites', 'fast_applies', 'bare_view', 'fast_forward']
@@ -142,39 +143,6 @@ def _candidate_sites(model, memo:dict)->dict:
                 if hp is not None: by_hp[id(hp)] = (memo[id(orig)], "in" if w == "hook_in" else "out")
     return {name: by_hp[id(hp)] for name, hp in model.hook_dict.items() if id(hp) in by_hp}
 
-# %% ../nbs/01b_fastpath.ipynb #7fdce36f
-def _replace_in(args, kwargs, new):
-    "Put `new` where the module's hidden-states input was (first positional, else `hidden_states=`)."
-    if args: return (new,) + tuple(args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": new}
-
-def _get_in(args, kwargs)->Tensor:
-    if args: return args[0]
-    if "hidden_states" in kwargs: return kwargs["hidden_states"]
-    raise _NotBare("module input has no hidden states")
-
-def _add_hook(module:nn.Module, where:str, name:str, fn:Callable)->Callable:
-    "Register TransformerLens-style `fn(act, hook)` on `module`'s input or output; return its remover."
-    hook = _HookInfo(name)
-    if where == "in":
-        def pre(mod, args, kwargs):
-            out = fn(_get_in(args, kwargs), hook=hook)
-            return None if out is None else _replace_in(args, kwargs, out)
-        handle = module.register_forward_pre_hook(pre, with_kwargs=True)
-    else:
-        def post(mod, args, output):
-            first = output[0] if isinstance(output, tuple) else output
-            out = fn(first, hook=hook)
-            if out is None: return None
-            return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
-        handle = module.register_forward_hook(post)
-    return handle.remove
-
-class _HookInfo:
-    "Stands in for TransformerLens' `HookPoint` argument: hook functions read only `.name`."
-    def __init__(self, name): self.name = name
-    def __repr__(self): return f"HookPoint({self.name!r}, fast path)"
-
 # %% ../nbs/01b_fastpath.ipynb #02d0b837
 _HOOK_ATTRS = [attrgetter(a) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")]
 
@@ -214,7 +182,7 @@ def bare_model(
 
 def _bare_state(model, attn_implementation:str="sdpa")->_Bare|None:
     "Build (once per model), verify and cache the bare view; None when the model has none."
-    cache = model.__dict__.setdefault("_collapse_lab_bare", {})
+    cache = model_cache(model, "bare")
     key = _key(model)
     b = cache.get(attn_implementation)
     if b is not None and (b is False or b.key == key): return b or None
@@ -256,13 +224,12 @@ def _verify(model, bare:nn.Module, sites:dict)->dict:
         return f
     try:
         for name in sites:
-            hp = model.hook_dict[name]
-            h = hp.add_hook(keep(want, name))
-            removers.append(lambda hp=hp, h=h: (h.hook.remove(), hp.fwd_hooks.remove(h) if h in hp.fwd_hooks else None))
-            removers.append(_add_hook(*sites[name], name, keep(got, name)))
+            removers.append(attach(model, name, keep(want, name), raw=True))
+            removers.append(attach_module(*sites[name], name, keep(got, name)))
         with torch.no_grad():
             ref = model(tokens)
             out = _logits(bare(input_ids=tokens, **_hf_kwargs(bare)))
+    except ValueError as e: raise _NotBare(str(e)) from None   # e.g. a module whose input carries no hidden states
     finally:
         for r in removers: r()
     tol = _tolerance(ref.dtype)
@@ -332,7 +299,7 @@ def fast_forward(
     dev = _model_device(model)
     removers = []
     try:
-        for name, fn in hooks: removers.append(_add_hook(*b.sites[name], name, fn))
+        for name, fn in hooks: removers.append(attach_module(*b.sites[name], name, fn))
         out = b.module(input_ids=tokens.to(dev), **_hf_kwargs(b.module), **_mask_kwargs(b.module, attention_mask, dev))
     finally:
         for r in reversed(removers): r()

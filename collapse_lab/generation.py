@@ -11,11 +11,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .core import _model_device
+from .core import model_cache, _model_device
 from .prompts import Prompts, as_prompts, prompt_list, _pad_id
-from .fastpath import bare_view, _add_hook, fast_applies, _logits, _rel_err, _tolerance
+from .fastpath import bare_view, fast_applies, _logits, _rel_err, _tolerance
 from .interventions import SubspacePatch, activations, _flatten, _forward, _pos_axis, _show
-from .hooks import attach
+from .hooks import attach, attach_module
 
 # %% auto #0
 __all__ = ['Generation', 'generate']
@@ -314,7 +314,7 @@ class _RecomputeStep:
 
 def _bridge_cache_ok(model)->bool:
     "Does stepping the bridge with the HF cache it returns give a full pass's logits? (checked once per model)"
-    memo = model.__dict__.setdefault("_collapse_lab_bridge_cache", {})
+    memo = model_cache(model, "bridge_cache")
     key = id(getattr(model, "original_model", None))
     if key not in memo:
         t = ((torch.arange(5) * 7 + 3) % model.cfg.d_vocab)[None].to(_model_device(model))
@@ -487,7 +487,7 @@ def generate(
         try:
             if path == "fast":
                 b = bare_view(model)
-                for name, fn in hooks: removers.append(_add_hook(*b.sites[name], name, fn))
+                for name, fn in hooks: removers.append(attach_module(*b.sites[name], name, fn))
                 step = _FastStep(b.module)
             elif path == "bridge":
                 for name, fn in hooks: removers.append(attach(model, name, fn))

@@ -11,17 +11,16 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .core import check_hook, _model_device
+from .core import check_hook, model_cache, _model_device
 
 # %% auto #0
-__all__ = ['EDIT_MEANING', 'block_layout', 'attach', 'hooked', 'check_edit', 'check_read', 'edit_kind', 'edit_meaning']
+__all__ = ['EDIT_MEANING', 'block_layout', 'attach', 'hooked', 'attach_module', 'check_edit', 'check_read', 'capture',
+           'edit_kind', 'edit_meaning']
 
 # %% ../nbs/00c_hooks.ipynb #c18532e9
-_POINTS = "_collapse_lab_hook_points_by_name"   # shared with code written before this module
-
 def _point(model, name:str):
     "The bridge's hook point `name`, looked up once per model (`model.hook_dict` is rebuilt on every access)."
-    points = model.__dict__.setdefault(_POINTS, {})
+    points = model_cache(model, "hook_points")
     if name not in points:
         names = model.hook_dict
         if name not in names: check_hook(model, name)        # a ValueError naming the closest valid hooks
@@ -125,7 +124,7 @@ def block_layout(
     if not -model.cfg.n_layers <= layer < model.cfg.n_layers:
         raise ValueError(f"layer={layer} is out of range for a model with {model.cfg.n_layers} layers.")
     layer %= model.cfg.n_layers
-    cache = model.__dict__.setdefault("_collapse_lab_block_layouts", {})
+    cache = model_cache(model, "block_layouts")
     key = _structure(model, "")[::3]                      # the wrapped model and the hook flags (they change what fires)
     if key not in cache: cache.clear(); cache[key] = _measure_layouts(model)
     got = cache[key][layer]
@@ -199,10 +198,11 @@ def attach(
     model,          # a TransformerBridge
     name:str,       # hook name, e.g. "blocks.3.hook_resid_mid"
     fn:Callable,    # TransformerLens hook fn(activation, hook) -> new activation, or None to leave it
+    raw:bool=False, # True: the bridge's own hook point, without the TransformerLens 3 meaning (to compare the bridge with itself)
 )->Callable:        # remove(): takes off exactly the hook(s) this call added
     "Add hook `fn` at `name`, with the meaning the name has in TransformerLens 3; return the function that removes it."
     m = _RESID_MID.fullmatch(name)
-    if m is None: return _add(model, name, fn)
+    if raw or m is None: return _add(model, name, fn)
     layer = int(m[1])
     if layer >= model.cfg.n_layers: check_hook(model, name)   # names the closest valid hooks
     error = _resid_mid_error(model, name, layer)
@@ -222,6 +222,43 @@ def hooked(
         yield model
     finally:
         for remove in reversed(removers): remove()
+
+# %% ../nbs/00c_hooks.ipynb #a6d96db7
+class _HookInfo:
+    "Stands in for TransformerLens' `HookPoint` argument: hook functions read only `.name`."
+    def __init__(self, name): self.name = name
+    def __repr__(self): return f"HookPoint({self.name!r}, fast path)"
+
+def _module_input(args, kwargs)->Tensor:
+    if args: return args[0]
+    if "hidden_states" in kwargs: return kwargs["hidden_states"]
+    raise ValueError("the module's input has no hidden states to hook (no positional argument, no hidden_states=).")
+
+def _replace_input(args, kwargs, new):
+    "Put `new` where the module's hidden-states input was (first positional, else `hidden_states=`)."
+    if args: return (new,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": new}
+
+def attach_module(
+    module:torch.nn.Module,  # a plain torch module, e.g. a block of the Hugging Face model a bridge wraps
+    where:str,               # "in": the module's input hidden states; "out": its (first) output
+    name:str,                # the hook name `fn` sees as `hook.name`
+    fn:Callable,             # TransformerLens hook fn(activation, hook) -> new activation, or None to leave it
+)->Callable:                 # remove(): takes off exactly this hook
+    "Add a TransformerLens-style hook to a plain torch module's input or output (the fast path's hooks)."
+    if where not in ("in", "out"): raise ValueError(f"where={where!r} is not valid: use 'in' or 'out'.")
+    hook = _HookInfo(name)
+    if where == "in":
+        def pre(mod, args, kwargs):
+            out = fn(_module_input(args, kwargs), hook=hook)
+            return None if out is None else _replace_input(args, kwargs, out)
+        return module.register_forward_pre_hook(pre, with_kwargs=True).remove
+    def post(mod, args, output):
+        first = output[0] if isinstance(output, tuple) else output
+        out = fn(first, hook=hook)
+        if out is None: return None
+        return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
+    return module.register_forward_hook(post).remove
 
 # %% ../nbs/00c_hooks.ipynb #2048819b
 def _probe_edit(name:str)->Callable:
@@ -261,7 +298,7 @@ def _measure_edit(model, name:str)->dict:
 
 def _edit_verdict(model, name:str)->dict:
     "`_measure_edit`, once per model and `_structure`."
-    cache = model.__dict__.setdefault("_collapse_lab_edit_verdicts", {})
+    cache = model_cache(model, "edit_verdicts")
     key = _structure(model, name)
     if key not in cache: cache[key] = _measure_edit(model, name)
     return cache[key]
@@ -301,7 +338,7 @@ def check_edit(
 )->str:         # `name`, when an edit there means what the name says on `model`
     "Raise `ValueError` unless an edit at `name` changes, on `model`, what the name says (see `EDIT_MEANING`)."
     key = (name,) + _structure(model, "")[::3]              # the name, the wrapped model, the hook flags
-    ok = model.__dict__.setdefault("_collapse_lab_edit_ok", set())
+    ok = model_cache(model, "edit_ok", set)
     if key in ok: return name
     _named(model, name)
     v = _edit_verdict(model, name)
@@ -329,7 +366,7 @@ def check_read(
 )->str:         # `name`, when reading it gives what the name says on `model`
     "Raise `ValueError` unless reading `name` on `model` gives what the name says (it fires, and has that meaning here)."
     key = ("read", name) + _structure(model, "")[::3]
-    ok = model.__dict__.setdefault("_collapse_lab_edit_ok", set())
+    ok = model_cache(model, "edit_ok", set)
     if key in ok: return name
     _named(model, name)
     if not _edit_verdict(model, name)["fired"]:
@@ -337,6 +374,21 @@ def check_read(
                          f"Read {_hint(model, name)}.")
     ok.add(key)
     return name
+
+# %% ../nbs/00c_hooks.ipynb #5b35cf96
+@contextlib.contextmanager
+def capture(
+    model,            # a TransformerBridge
+    names,            # hook name(s) to record (checked with `check_read`)
+):                    # yields a dict name -> the activation of the latest forward pass (detached)
+    "Record the activations at `names` during forward passes; the hooks are gone on exit, even after an error."
+    names = [names] if isinstance(names, str) else list(names)
+    for n in names: check_read(model, n)
+    store = {}
+    def make(n):
+        def fn(x, hook): store[n] = x.detach()  # keyed by the requested name, never by hook.name
+        return fn
+    with hooked(model, *[(n, make(n)) for n in names]): yield store
 
 # %% ../nbs/00c_hooks.ipynb #6e84c3e8
 EDIT_MEANING = {   # kind -> (hook name, "L" for the block; what an edit there changes downstream)

@@ -42,7 +42,7 @@ def test_temperature_raises_entropy_monotonically(agent):
     assert H[-1] <= math.log(3) + 1e-6
 
 def test_exploration_pays_only_against_a_fully_greedy_policy():
-    "A policy that never explores after 2 arms leaves 3 untried and loses to UCB1 at horizon 200 (issue 3's regret trap)."
+    "A policy that never explores after 2 arms leaves 3 untried and loses to UCB1 at horizon 200 (the regret trap)."
     b = lambda: Bandits(400, 5, 200, seed=1)
     g0 = episode_metrics(play_policy(b(), greedy_policy, eps=0.))
     u = episode_metrics(play_policy(b(), ucb1_policy))

@@ -173,7 +173,8 @@ def test_patching_lab(lab_server, lab_page):
     key = bs.wait_plot_change(page, bars, key)
     expect(target).to_have_class(re.compile(r"\bcl-patching-cell-selected\b"))
     expect(root.locator(".cl-patching-cell-selected")).to_have_count(1)
-    assert root.locator(".cl-patching-position select").first.input_value() is not None
+    chosen = root.locator(".cl-patching-position select option:checked").first.inner_text()
+    assert chosen.startswith("3:"), f"the position dropdown shows {chosen!r} after clicking position 3"
     assert status.inner_text() != text0
     _shot(page, root, "patching_lab_2_cell_0_3")
     # the subspace dropdown: mean difference is a rank-1 subspace

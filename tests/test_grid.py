@@ -208,7 +208,7 @@ def test_gpus_requested_without_gpus(tmp_path, monkeypatch):
     assert not (tmp_path/"r").exists() and not (tmp_path/"l").exists()   # refused before anything ran
 
 
-# --- "nothing lost, nothing silently wrong" (issue 14) ---
+# --- nothing lost, nothing silently wrong ---
 
 def nonfinite(i):
     return {"loss": float("nan") if i == 0 else float("inf"), "curve": [1.0, float("-inf")], "i": i}

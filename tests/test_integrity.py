@@ -57,7 +57,7 @@ def test_bit_flips_give_corrupt_error_or_identical_object(tmp_path, name):
     assert outcomes["corrupt"] >= len(positions) * 0.9, outcomes
 
 def test_metadata_flip_moving_the_hook_is_caught(tmp_path):
-    "The issue's case: a bit flip turning blocks.1 into blocks.0 in a vector's metadata."
+    "A bit flip turning blocks.1 into blocks.0 in a vector's metadata."
     p = tmp_path / "v.safetensors"; SteeringVector(V, "blocks.1.hook_resid_post", {}).save(p)
     raw = bytearray(p.read_bytes()); raw[raw.index(b"blocks.1") + 7] ^= 0x01; p.write_bytes(bytes(raw))
     with pytest.raises(CorruptFileError, match="is corrupt"): load_vector(p)
@@ -133,7 +133,7 @@ def test_bfloat16_and_scalar_tensors_round_trip(tmp_path):
     got, meta = load_tensors(tmp_path / "x")
     assert all(torch.equal(got[k], t[k]) and got[k].dtype == t[k].dtype for k in t) and meta == {"kind": "test"}
 
-# --- unhelpful errors in the interventions' __post_init__ (issue 14): ValueError naming the value and what is valid ---
+# --- unhelpful errors in the interventions' __post_init__: ValueError naming the value and what is valid ---
 H = "blocks.0.hook_resid_post"
 
 @pytest.mark.parametrize("make, says", [

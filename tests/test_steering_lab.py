@@ -38,7 +38,7 @@ def test_thousand_slider_moves_leave_no_hooks(agent):
         lab.coef.value = round(float(torch.empty(1).uniform_(-10, 10, generator=g)), 2)
         if i % 250 == 0: lab.position.value = "last position" if i % 500 == 0 else "all positions"
     assert not _hooked(agent, base)
-    assert not any(hp.fwd_hooks for hp in agent.hook_dict.values())     # the check the issue names
+    assert not any(hp.fwd_hooks for hp in agent.hook_dict.values())     # no hook left on any hook point
     assert lab.error.value == ""
     assert len(lab.timings) >= 1000
 
