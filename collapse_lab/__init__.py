@@ -1,6 +1,7 @@
 __version__ = "0.0.1"
 from .core import *
 from .prompts import *
+from .hooks import *
 from . import storage
 from .interventions import *
 from .generation import *

@@ -15,7 +15,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 # %% auto #0
 __all__ = ['HF_FAMILIES', 'get_device', 'resolve_dtype', 'quick', 'tiny_model', 'load_model', 'tiny_hf_checkpoint', 'hook_names',
-           'check_hook', 'hook_name', 'hook_shape', 'model_device', 'model_cache']
+           'check_hook', 'hook_name', 'model_device', 'model_cache']
 
 # %% ../nbs/00_core.ipynb #ebc7e720
 def get_device(
@@ -309,24 +309,6 @@ def hook_name(
     return check_hook(model, name) if model is not None else name
 
 # %% ../nbs/00_core.ipynb #88c2731d
-def hook_shape(
-    model,            # a TransformerBridge
-    name:str,         # hook name
-)->tuple:
-    "Shape of `name`'s activation for a batch of 1 and 2 positions (measured once per model, then cached)."
-    check_hook(model, name)
-    shapes = model_cache(model, "hook_shapes")
-    if name not in shapes:
-        seen = {}
-        hp = model.hook_dict[name]
-        handle = hp.add_hook(lambda x, hook: seen.update(shape=tuple(x.shape)))  # returns None: observe only
-        try:
-            with torch.no_grad(): model(torch.zeros(1, 2, dtype=torch.long, device=model_device(model)))
-        finally:
-            handle.hook.remove(); hp.fwd_hooks.remove(handle)
-        shapes[name] = seen["shape"]
-    return shapes[name]
-
 def model_device(
     model,   # a TransformerBridge (or any torch module)
 )->torch.device:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
-from .core import model_cache, _model_device
+from .core import model_cache, model_device
 from .hooks import attach, attach_module
 
 # %% auto #0
@@ -217,7 +217,7 @@ def _build(model, attn_implementation:str)->_Bare:
 def _verify(model, bare:nn.Module, sites:dict)->dict:
     "Keep the `sites` whose bare-view activation equals the bridge's; raise `_NotBare` if the logits differ."
     n_vocab = model.cfg.d_vocab
-    tokens = (torch.arange(4, device=_model_device(model)) * 7 + 3).remainder(n_vocab)[None]
+    tokens = (torch.arange(4, device=model_device(model)) * 7 + 3).remainder(n_vocab)[None]
     want, got, removers = {}, {}, []
     def keep(store, name):
         def f(act, hook): store[name] = act.detach().clone()
@@ -296,7 +296,7 @@ def fast_forward(
     if bad: raise ValueError(f"{bad} are not fast sites of this model; valid: {sorted(b.sites)}.")
     tokens = torch.as_tensor(tokens)
     if tokens.ndim == 1: tokens = tokens[None]
-    dev = _model_device(model)
+    dev = model_device(model)
     removers = []
     try:
         for name, fn in hooks: removers.append(attach_module(*b.sites[name], name, fn))

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .core import model_cache, _model_device
+from .core import model_cache, model_device
 from .prompts import Prompts, as_prompts, prompt_list, _pad_id
 from .fastpath import bare_view, fast_applies, _logits, _rel_err, _tolerance
 from .interventions import SubspacePatch, activations, _flatten, _forward, _pos_axis, _show
@@ -317,7 +317,7 @@ def _bridge_cache_ok(model)->bool:
     memo = model_cache(model, "bridge_cache")
     key = id(getattr(model, "original_model", None))
     if key not in memo:
-        t = ((torch.arange(5) * 7 + 3) % model.cfg.d_vocab)[None].to(_model_device(model))
+        t = ((torch.arange(5) * 7 + 3) % model.cfg.d_vocab)[None].to(model_device(model))
         try:
             with torch.no_grad():
                 full, step = model(t)[:, -1], _BridgeStep(model)
@@ -477,7 +477,7 @@ def generate(
     stop_ids, stop_strs = _stop_spec(model, stop, V)
     ivs = _resolve_sources(model, ivs, B, C)
     rows = prompts.repeat(C) if C > 1 else prompts
-    u = None if greedy else _streams(seed, B, n).to(_model_device(model)).repeat(C, 1)
+    u = None if greedy else _streams(seed, B, n).to(model_device(model)).repeat(C, 1)
     path = _path(model, [iv.hook for iv in ivs], fast, use_cache)
     state = {"k": 0}
     hooks = _gates(model, ivs, apply_to, P, state, recompute=path == "recompute")

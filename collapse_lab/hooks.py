@@ -11,11 +11,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .core import check_hook, model_cache, _model_device
+from .core import check_hook, model_cache, model_device
 
 # %% auto #0
-__all__ = ['EDIT_MEANING', 'block_layout', 'attach', 'hooked', 'attach_module', 'check_edit', 'check_read', 'capture',
-           'edit_kind', 'edit_meaning']
+__all__ = ['EDIT_MEANING', 'hook_shape', 'block_layout', 'attach', 'hooked', 'attach_module', 'check_edit', 'check_read',
+           'capture', 'edit_kind', 'edit_meaning']
 
 # %% ../nbs/00c_hooks.ipynb #c18532e9
 def _point(model, name:str):
@@ -42,6 +42,23 @@ def _add(
         if handle in hp.fwd_hooks: hp.fwd_hooks.remove(handle)
     return remove
 
+# %% ../nbs/00c_hooks.ipynb #8721a76d
+def hook_shape(
+    model,            # a TransformerBridge
+    name:str,         # hook name
+)->tuple:
+    "Shape of `name`'s activation for a batch of 1 and 2 positions (measured once per model, then cached)."
+    check_hook(model, name)
+    shapes = model_cache(model, "hook_shapes")
+    if name not in shapes:
+        seen = {}
+        remove = _add(model, name, lambda x, hook: seen.update(shape=tuple(x.shape)))   # returns None: observe only
+        try:
+            with torch.no_grad(): model(torch.zeros(1, 2, dtype=torch.long, device=model_device(model)))
+        finally: remove()
+        shapes[name] = seen["shape"]
+    return shapes[name]
+
 # %% ../nbs/00c_hooks.ipynb #15849f16
 def _family(model)->str:
     "The Hugging Face `model_type` of the model the bridge wraps (else the TransformerLens architecture)."
@@ -50,7 +67,7 @@ def _family(model)->str:
 
 def _probe_tokens(model)->Tensor:
     "Up to five fixed token ids (no more than the context holds), valid for any vocabulary."
-    return (torch.arange(min(5, model.cfg.n_ctx), device=_model_device(model)) * 7 + 3).remainder(model.cfg.d_vocab)[None]
+    return (torch.arange(min(5, model.cfg.n_ctx), device=model_device(model)) * 7 + 3).remainder(model.cfg.d_vocab)[None]
 
 def _logits(out)->Tensor:
     return out.logits if hasattr(out, "logits") else out

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 from safetensors.torch import save_file, safe_open
 
-from .core import check_hook, hook_shape, _model_device
+from .core import check_hook, model_cache
 from .prompts import Prompts, as_prompts
-from .hooks import attach, check_edit, check_read
+from .hooks import attach, check_edit, check_read, hook_shape
 from .fastpath import fast_applies, fast_forward
 
 # %% auto #0
@@ -43,7 +43,7 @@ _GATED = ("hook_result", "_input", "hook_mlp_in", "hook_attn_in")   # hook point
 
 def _check_hook(model, name:str)->str:
     "`check_hook`, remembered per model for names no model flag can switch off (its `hook_dict` is rebuilt per access)."
-    ok = model.__dict__.setdefault("_collapse_lab_checked", set())
+    ok = model_cache(model, "checked", set)
     if name not in ok:
         check_hook(model, name)
         if not name.endswith(_GATED): ok.add(name)
@@ -51,8 +51,8 @@ def _check_hook(model, name:str)->str:
 
 def _hook_shape(model, name:str)->tuple:
     "`hook_shape`, read straight from its per-model cache when there."
-    shapes = model.__dict__.get("_collapse_lab_hook_shapes", {})
-    return shapes[name] if name in shapes and name in model.__dict__.get("_collapse_lab_checked", ()) else hook_shape(model, name)
+    shapes = model_cache(model, "hook_shapes")
+    return shapes[name] if name in shapes and name in model_cache(model, "checked", set) else hook_shape(model, name)
 
 
 # %% ../nbs/01_interventions.ipynb #91a2af95

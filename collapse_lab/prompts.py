@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .core import _model_device
+from .core import model_device
 
 # %% auto #0
 __all__ = ['Prompts', 'prompt_list', 'as_prompts']
@@ -168,7 +168,7 @@ def as_prompts(
     "One left-padded batch from any prompts a user passes, so that the last column is each prompt's last real token."
     if isinstance(prompts, Prompts):
         if attention_mask is not None: raise ValueError("A Prompts batch carries its own attention_mask; pass it alone.")
-        return prompts.to(_model_device(model))
+        return prompts.to(model_device(model))
     if attention_mask is not None:
         if not isinstance(prompts, Tensor) or prompts.ndim != 2:
             raise ValueError("attention_mask goes with a [batch, pos] token tensor; strings and lists of token "
@@ -184,8 +184,8 @@ def as_prompts(
         if isinstance(prompts, Tensor) and prompts.ndim == 2 and not prompts.is_floating_point():
             host = prompts.cpu()
             _check_vocab(model, host); _check_unpadded(model, host)
-            return Prompts(prompts.long().to(_model_device(model)))
+            return Prompts(prompts.long().to(model_device(model)))
         rows = prompt_list(model, prompts, prepend_bos)
     packed = _pack(rows, _pad_id(model))
     _check_vocab(model, packed.tokens)
-    return packed.to(_model_device(model))
+    return packed.to(model_device(model))
