@@ -17,7 +17,7 @@ from .core import model_cache, model_device
 from .hooks import attach, attach_module
 
 # %% auto #0
-__all__ = ['bare_model', 'fast_sites', 'fast_applies', 'bare_view', 'fast_forward']
+__all__ = ['hf_logits', 'logits_agree', 'bare_model', 'fast_sites', 'fast_applies', 'bare_view', 'fast_forward']
 
 # %% ../nbs/01b_fastpath.ipynb #f15cccf4
 # Per-instance hook registries a copied module must not share with the module it copies.
@@ -160,7 +160,10 @@ def _key(model)->tuple:
     "What invalidates a bare view: the wrapped model and its blocks (a replaced module means a new view)."
     return (id(model.original_model), tuple(id(b.original_component) for b in getattr(model, "blocks", [])))
 
-def _logits(out)->Tensor:
+def hf_logits(
+    out,   # what a Hugging Face model's forward returned: an output object, a tuple, or the logits
+)->Tensor:
+    "The logits of a Hugging Face model's output."
     return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, tuple) else out
 
 def _rel_err(a:Tensor, b:Tensor)->float:
@@ -170,6 +173,13 @@ def _rel_err(a:Tensor, b:Tensor)->float:
 def _tolerance(dtype)->float:
     "A wrong site or module is off by O(1); SDPA vs the bridge's eager attention differ by ~1e-2 in bf16."
     return 1e-3 if dtype in (torch.float32, torch.float64) else 1e-1
+
+def logits_agree(
+    out:Tensor,   # logits to check
+    ref:Tensor,   # reference logits, same shape
+)->bool:
+    "Do two logits agree to the tolerance of `ref`'s dtype (relative Frobenius error)? How the fast path and cached generation are verified."
+    return out.shape == ref.shape and _rel_err(out, ref) <= _tolerance(ref.dtype)
 
 # %% ../nbs/01b_fastpath.ipynb #a9e67c41
 def bare_model(
@@ -228,7 +238,7 @@ def _verify(model, bare:nn.Module, sites:dict)->dict:
             removers.append(attach_module(*sites[name], name, keep(got, name)))
         with torch.no_grad():
             ref = model(tokens)
-            out = _logits(bare(input_ids=tokens, **_hf_kwargs(bare)))
+            out = hf_logits(bare(input_ids=tokens, **_hf_kwargs(bare)))
     except ValueError as e: raise _NotBare(str(e)) from None   # e.g. a module whose input carries no hidden states
     finally:
         for r in removers: r()
@@ -303,4 +313,4 @@ def fast_forward(
         out = b.module(input_ids=tokens.to(dev), **_hf_kwargs(b.module), **_mask_kwargs(b.module, attention_mask, dev))
     finally:
         for r in reversed(removers): r()
-    return _logits(out)
+    return hf_logits(out)

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from .core import model_cache, model_device
-from .prompts import Prompts, as_prompts, prompt_list, _pad_id
-from .fastpath import bare_view, fast_applies, _logits, _rel_err, _tolerance
-from .interventions import SubspacePatch, activations, _flatten, _forward, _pos_axis, _show
+from .prompts import Prompts, as_prompts, prompt_list, pad_id
+from .fastpath import bare_view, fast_applies, hf_logits, logits_agree
+from .interventions import SubspacePatch, activations, as_interventions, run_hooked, position_axis
 from .hooks import attach, attach_module
 
 # %% auto #0
@@ -44,7 +44,7 @@ def _temps(t, what:str)->Tensor:
                          "a dict {token ids: temperature, 'rest': temperature} or a function (step, tokens) -> one of these.")
     t = torch.as_tensor(t).detach().float().cpu()
     if t.ndim > 1 or not torch.isfinite(t).all() or (t < 0).any():
-        raise ValueError(f"{what}={_show(t) if t.numel() > 1 else t.item()} is not valid: temperatures are finite "
+        raise ValueError(f"{what}={f'Tensor{list(t.shape)}' if t.numel() > 1 else t.item()} is not valid: temperatures are finite "
                          "numbers >= 0 (0 = greedy, 1 = the model's own distribution), one number or a 1-D tensor.")
     return t
 
@@ -260,7 +260,7 @@ def _cache_gate(name, pre, dec, when, P, state):
     return gate
 
 def _recompute_gate(name, pre, dec, when, P, state):
-    ax = _pos_axis(name)
+    ax = position_axis(name)
     def gate(act, hook):
         parts, changed = [act.narrow(ax, 0, P)], False
         if pre is not None:
@@ -292,7 +292,7 @@ class _FastStep:
         if self.keep: kw["logits_to_keep"] = 1
         out = self.module(**kw)
         self.cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-        return _logits(out)[:, -1]
+        return hf_logits(out)[:, -1]
 
 class _BridgeStep:
     "Steps on the bridge with the HF cache it passes through (positions derived by the bridge from the mask)."
@@ -305,12 +305,12 @@ class _BridgeStep:
         return logits[:, -1]
 
 class _RecomputeStep:
-    "No cache: each step runs the whole sequence so far through `_forward` with the gated hooks."
+    "No cache: each step runs the whole sequence so far through `run_hooked` with the gated hooks."
     def __init__(self, model, hooks:list, fast:bool, padded:bool):
         self.model, self.hooks, self.fast, self.padded, self.seq = model, hooks, fast, padded, None
     def __call__(self, ids, mask, pos):
         self.seq = ids if self.seq is None else torch.cat([self.seq, ids], 1)
-        return _forward(self.model, Prompts(self.seq, mask if self.padded else None), [], self.hooks, self.fast)[:, -1]
+        return run_hooked(self.model, Prompts(self.seq, mask if self.padded else None), [], self.hooks, self.fast)[:, -1]
 
 def _bridge_cache_ok(model)->bool:
     "Does stepping the bridge with the HF cache it returns give a full pass's logits? (checked once per model)"
@@ -322,7 +322,7 @@ def _bridge_cache_ok(model)->bool:
             with torch.no_grad():
                 full, step = model(t)[:, -1], _BridgeStep(model)
                 step(t[:, :-1], torch.ones_like(t[:, :-1]), None)
-                ok = _rel_err(step(t[:, -1:], torch.ones_like(t), None), full) <= _tolerance(full.dtype)
+                ok = logits_agree(step(t[:, -1:], torch.ones_like(t), None), full)
         except Exception: ok = False
         memo[key] = ok
     return memo[key]
@@ -466,7 +466,7 @@ def generate(
     if apply_to not in ("all", "prompt", "generated"):
         raise ValueError(f"apply_to={apply_to!r} is not valid: use 'all', 'prompt' (prefill only) or 'generated' "
                          "(the new tokens' positions only).")
-    ivs = _flatten(interventions)
+    ivs = as_interventions(interventions)
     prompts = as_prompts(model, prompts, attention_mask, prepend_bos)
     for iv in ivs: iv.validate(model)
     for iv in ivs: prompts.check_positions(getattr(iv, "positions", None), f"{type(iv).__name__} at {iv.hook}")
@@ -494,7 +494,7 @@ def generate(
                 step = _BridgeStep(model)
             else: step = _RecomputeStep(model, hooks, fast, prompts.padded)
             res = _loop(step, rows, n, _chooser(greedy, temps, top_k, top_p, u), stop_ids, stop_strs, tok,
-                        _pad_id(model), state, return_logits, return_entropies)
+                        pad_id(model), state, return_logits, return_entropies)
         finally:
             for remove in reversed(removers): remove()
     coefs = next((iv.coef.detach().cpu() for iv in ivs if isinstance(getattr(iv, "coef", None), Tensor) and iv.coef.ndim == 1), None)

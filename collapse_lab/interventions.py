@@ -19,8 +19,8 @@ from .hooks import attach, check_edit, check_read, hook_shape
 from .fastpath import fast_applies, fast_forward
 
 # %% auto #0
-__all__ = ['Intervention', 'Steer', 'SubspacePatch', 'Clamp', 'Ablate', 'activations', 'intervene', 'run',
-           'previous_token_pattern', 'SweepResult', 'sweep']
+__all__ = ['position_axis', 'Intervention', 'Steer', 'SubspacePatch', 'Clamp', 'Ablate', 'activations', 'as_interventions',
+           'intervene', 'run_hooked', 'run', 'previous_token_pattern', 'SweepResult', 'sweep']
 
 # %% ../nbs/01_interventions.ipynb #c6b5e6ad
 def _tensor(x, what:str, dtype=None)->Tensor:
@@ -56,8 +56,10 @@ def _hook_shape(model, name:str)->tuple:
 
 
 # %% ../nbs/01_interventions.ipynb #91a2af95
-def _pos_axis(hook:str)->int:
-    "Axis of the (query) position in `hook`'s activation."
+def position_axis(
+    hook:str,   # hook name
+)->int:
+    "Axis of the (query) position in `hook`'s activation: 2 for attention patterns and scores [batch, head, q, k], else 1."
     return 2 if hook.endswith(("hook_pattern", "hook_attn_scores")) else 1
 
 def _keys_last(hook:str)->bool:
@@ -90,7 +92,7 @@ def _site(act:Tensor, hook:str, positions=None, heads=None)->tuple:
 def _make_site(act:Tensor, hook:str, positions=None, heads=None)->tuple:
     ix = [slice(None)] * act.ndim
     chosen = {}
-    if positions is not None: chosen[_pos_axis(hook)] = _indices(positions, act.shape[_pos_axis(hook)], "positions", hook)
+    if positions is not None: chosen[position_axis(hook)] = _indices(positions, act.shape[position_axis(hook)], "positions", hook)
     if heads is not None:
         ax = _head_axis(hook)
         if ax is None: raise ValueError(f"heads={heads} given, but {hook} has no head axis; use an attention hook "
@@ -441,17 +443,20 @@ def activations(
         out["act"] = act.detach()
         raise _Stop   # later layers and the logits cannot change it: skip them
     with torch.no_grad():
-        try: _forward(model, prompts, _flatten(interventions), [(hook, keep)], fast)
+        try: run_hooked(model, prompts, as_interventions(interventions), [(hook, keep)], fast)
         except _Stop: pass
     return out["act"]
 
 class _Stop(Exception): "Raised by `activations` once it holds the activation."
 
 # %% ../nbs/01_interventions.ipynb #e5cd616a
-def _flatten(ivs)->list:
+def as_interventions(
+    ivs,   # interventions, or (nested) lists of them
+)->list:   # one flat list
+    "The interventions of `ivs` in one flat list; anything that is not an intervention is refused, naming it."
     out = []
     for iv in ivs:
-        if isinstance(iv, (list, tuple)): out += _flatten(iv)
+        if isinstance(iv, (list, tuple)): out += as_interventions(iv)
         elif isinstance(iv, Intervention): out.append(iv)
         else: raise ValueError(f"{iv!r} is not an intervention: use Steer, SubspacePatch, Clamp or Ablate.")
     return out
@@ -462,7 +467,7 @@ def intervene(
     *interventions,      # Steer / SubspacePatch / Clamp / Ablate objects (or lists of them)
 ):
     "Context manager applying `interventions` to every forward pass of `model`; all its hooks are gone on exit."
-    ivs = _flatten(interventions)
+    ivs = as_interventions(interventions)
     for iv in ivs: iv.validate(model)
     removers = []
     try:
@@ -477,8 +482,16 @@ def _fast_ok(ivs, return_type, kwargs)->bool:
     # A SubspacePatch after other interventions takes its source run with them active (as `intervene` does).
     return not any(isinstance(iv, SubspacePatch) and not iv.source_is_activation for iv in ivs[1:])
 
-def _forward(model, prompts:Prompts, ivs:list, extra:Sequence=(), fast:bool=True, return_type:str="logits", **kwargs):
-    "One forward pass with `ivs`, then the `extra` (name, fn) hooks, attached: the bare model when it applies, else the bridge."
+def run_hooked(
+    model,                    # a TransformerBridge
+    prompts:Prompts,          # the batch (see `as_prompts`)
+    ivs:list,                 # interventions, validated against the model and the prompts first
+    extra:Sequence=(),        # more (hook name, fn) pairs, attached after the interventions (e.g. to read activations)
+    fast:bool=True,           # use the bare model (`collapse_lab.fastpath`) where it applies
+    return_type:str="logits", # passed to the bridge's forward
+    **kwargs,                 # other forward arguments (they keep the run on the bridge)
+):
+    "One forward pass with `ivs`, then the `extra` hooks, attached: the bare model when it applies, else the bridge."
     for iv in ivs: iv.validate(model)
     for iv in ivs: prompts.check_positions(getattr(iv, 'positions', None), f'{type(iv).__name__} at {iv.hook}')
     if fast and _fast_ok(ivs, return_type, kwargs) and fast_applies(model, [iv.hook for iv in ivs] + [n for n, _ in extra]):
@@ -505,7 +518,7 @@ def run(
 ):
     "One forward pass of `model` on `tokens` with `interventions` applied; prompts of different lengths are left-padded."
     prompts = as_prompts(model, tokens, attention_mask, prepend_bos)
-    return _forward(model, prompts, _flatten(interventions), (), fast, return_type, **kwargs)
+    return run_hooked(model, prompts, as_interventions(interventions), (), fast, return_type, **kwargs)
 
 # %% ../nbs/01_interventions.ipynb #42ef6a78
 def previous_token_pattern(
@@ -589,7 +602,7 @@ def sweep(
     B = len(prompts)
     # A batch mean (Ablate "mean"), a function of the whole activation or a row-paired source would mix the
     # coefficients' blocks: those run one coefficient per pass, so the result still equals one `run` per coefficient.
-    together = not any(iv.batch_dependent for iv in [intervention, *_flatten(others)])
+    together = not any(iv.batch_dependent for iv in [intervention, *as_interventions(others)])
     per = max(1, (max_batch or _auto_max_batch(model, prompts.tokens)) // B) if together else 1
     values = []
     with torch.no_grad():

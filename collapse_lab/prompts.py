@@ -13,7 +13,7 @@ from torch import Tensor
 from .core import model_device
 
 # %% auto #0
-__all__ = ['Prompts', 'prompt_list', 'as_prompts']
+__all__ = ['Prompts', 'prompt_list', 'pad_id', 'as_prompts']
 
 # %% ../nbs/00b_prompts.ipynb #5e31d62c
 @dataclass(repr=False)
@@ -112,7 +112,9 @@ def prompt_list(
     return out
 
 # %% ../nbs/00b_prompts.ipynb #fdec7e2c
-def _pad_id(model)->int:
+def pad_id(
+    model,   # a TransformerBridge
+)->int:
     "The id written into padding slots (masked, so any valid id works): the tokenizer's pad, else EOS, else 0."
     tok = getattr(model, "tokenizer", None)
     for attr in ("pad_token_id", "eos_token_id"):
@@ -186,6 +188,6 @@ def as_prompts(
             _check_vocab(model, host); _check_unpadded(model, host)
             return Prompts(prompts.long().to(model_device(model)))
         rows = prompt_list(model, prompts, prepend_bos)
-    packed = _pack(rows, _pad_id(model))
+    packed = _pack(rows, pad_id(model))
     _check_vocab(model, packed.tokens)
     return packed.to(model_device(model))

@@ -10,7 +10,7 @@ from torch import nn
 
 import collapse_lab as cl
 from collapse_lab import generation as gen
-from collapse_lab.prompts import _pad_id
+from collapse_lab.prompts import pad_id
 
 QUICK = cl.quick()
 CORE = ["gpt2", "gpt_neox", "llama"]
@@ -82,7 +82,7 @@ def test_greedy_steered_equals_hf_generate(zoo, arch):
     try:
         with torch.no_grad():
             want = hf.generate(p.tokens, attention_mask=p.attention_mask, do_sample=False, max_new_tokens=10,
-                               pad_token_id=_pad_id(model))[:, p.tokens.shape[1]:]
+                               pad_token_id=pad_id(model))[:, p.tokens.shape[1]:]
     finally: h.remove()
     g = cl.generate(model, TEXTS, cl.Steer(RESID, v, coef=coef), max_new_tokens=10, greedy=True, stop=eos)
     assert g.tokens.shape == want.shape and torch.equal(g.tokens, want), f"{g.path}:\n{g.tokens}\n{want}"
@@ -195,7 +195,7 @@ def test_coefficient_batch_equals_separate_runs_with_sampling(zoo, arch):
         rows = slice(3 * c, 3 * c + 3)
         n = one.tokens.shape[1]
         assert torch.equal(batched.tokens[rows, :n], one.tokens), coef
-        assert (batched.tokens[rows, n:] == _pad_id(model)).all()
+        assert (batched.tokens[rows, n:] == pad_id(model)).all()
         assert torch.equal(batched.lengths[rows], one.lengths) and batched.stopped[rows] == one.stopped
         torch.testing.assert_close(batched.entropies[rows, :n], one.entropies, atol=1e-4, rtol=0, equal_nan=True)
     assert len({tuple(t.tolist()) for t in batched.tokens}) > 6            # the samples are not all alike
@@ -270,7 +270,7 @@ def test_stop_tokens_and_strings(zoo):
     k0 = max(k for k in range(8) if row[k] not in row[:k])
     s = cl.generate(model, TEXTS, max_new_tokens=8, greedy=True, stop=[row[k0]], return_entropies=True, return_logits=True)
     assert s.lengths[1] == k0 + 1 and s.stopped[1] == f"stop token {row[k0]}"
-    assert s.tokens[1, :k0 + 1].tolist() == row[:k0 + 1] and (s.tokens[1, k0 + 1:] == _pad_id(model)).all()
+    assert s.tokens[1, :k0 + 1].tolist() == row[:k0 + 1] and (s.tokens[1, k0 + 1:] == pad_id(model)).all()
     assert s.text[1] == tok.decode(row[:k0 + 1])
     assert torch.isnan(s.entropies[1, k0 + 1:]).all() and not torch.isnan(s.entropies[1, :k0 + 1]).any()
     assert torch.isnan(s.logits[1, k0 + 1:]).all()
