@@ -19,8 +19,9 @@ from .hooks import attach, check_edit, check_read, hook_shape
 from .fastpath import fast_applies, fast_forward
 
 # %% auto #0
-__all__ = ['position_axis', 'Intervention', 'Steer', 'SubspacePatch', 'Clamp', 'Ablate', 'activations', 'as_interventions',
-           'intervene', 'run_hooked', 'run', 'previous_token_pattern', 'SweepResult', 'sweep']
+__all__ = ['position_axis', 'Intervention', 'Steer', 'orthonormal_basis', 'patch_span', 'SubspacePatch', 'Clamp', 'Ablate',
+           'activations', 'as_interventions', 'intervene', 'run_hooked', 'run', 'previous_token_pattern', 'SweepResult',
+           'sweep']
 
 # %% ../nbs/01_interventions.ipynb #c6b5e6ad
 def _tensor(x, what:str, dtype=None)->Tensor:
@@ -263,6 +264,27 @@ class Steer(Intervention):
         return steer
 
 # %% ../nbs/01_interventions.ipynb #3ee45e4e
+def orthonormal_basis(
+    basis:Tensor,      # [k, d] spanning vectors (or [d])
+)->Tensor:             # [d, k] orthonormal columns Q, in `basis`'s dtype
+    "Orthonormal columns spanning the rows of `basis` (QR in float64)."
+    b = basis[None] if basis.ndim == 1 else basis
+    return torch.linalg.qr(b.double().T).Q.to(basis.dtype if basis.is_floating_point() else torch.float32)
+
+def patch_span(
+    act:Tensor,                 # the run's activation at `hook` [batch, ...]
+    source:Tensor,              # the source activation, batch 1 or the run's
+    q:Tensor,                   # [d, k] orthonormal columns spanning the subspace
+    hook:str,                   # hook name (which axis holds the positions)
+    positions:Sequence[int]|None=None,   # positions patched; None = all
+)->Tensor:
+    "h + (h_s - h) Q Q^T at `positions`: the formula `SubspacePatch` applies and `das` trains (differentiable in `q`)."
+    if positions is None: return act + (source - act) @ q @ q.T
+    ia, is_ = _site(act, hook, positions), _site(source, hook, positions)
+    act = act.clone()
+    act[ia] = act[ia] + (source[is_] - act[ia]) @ q @ q.T
+    return act
+
 @dataclass(eq=False, repr=False)
 class SubspacePatch(Intervention):
     "Patch the span of `basis` at `hook` from the `source` run: h <- h + P (h_source - h)."
@@ -304,7 +326,7 @@ class SubspacePatch(Intervention):
     @property
     def projector_basis(self)->Tensor:
         "Orthonormal columns Q [d, k] spanning `basis`; the patch uses P = Q Q^T."
-        return torch.linalg.qr(self.basis.double().T).Q.to(torch.float32)
+        return orthonormal_basis(self.basis).float()
 
     def validate(self, model):
         super().validate(model)
@@ -325,15 +347,10 @@ class SubspacePatch(Intervention):
             s, q = _on(src, act, src_cache), _on(Q, act, q_cache)
             if s.shape[0] not in (1, act.shape[0]):
                 raise ValueError(f"source has batch {s.shape[0]} but the run has batch {act.shape[0]}; use 1 or {act.shape[0]}.")
-            if self.positions is None:
-                if s.shape[1:] != act.shape[1:]:
-                    raise ValueError(f"source activation shape {list(s.shape[1:])} differs from the run's {list(act.shape[1:])} "
-                                     f"at {self.hook}; pass `positions` to patch only some positions.")
-                return act + (s - act) @ q @ q.T
-            ia, is_ = _site(act, self.hook, self.positions), _site(s, self.hook, self.positions)
-            act = act.clone()
-            act[ia] = act[ia] + (s[is_] - act[ia]) @ q @ q.T
-            return act
+            if self.positions is None and s.shape[1:] != act.shape[1:]:
+                raise ValueError(f"source activation shape {list(s.shape[1:])} differs from the run's {list(act.shape[1:])} "
+                                 f"at {self.hook}; pass `positions` to patch only some positions.")
+            return patch_span(act, s, q, self.hook, self.positions)
         return patch
 
 # %% ../nbs/01_interventions.ipynb #3b589c0a
