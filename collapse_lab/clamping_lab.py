@@ -14,6 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .core import tiny_model
+from .panel import Panel
 from .interventions import Ablate
 from .training import train
 from .icl import ICLTask, pattern_clamp, icl_measures, trailing_mean
@@ -48,14 +49,15 @@ def _curves_png(hist, window, steps:int, every:int)->bytes:
         ax.set_xlim(0, steps); ax.set_xlabel("training step")
     a1.axhline(math.log(2), color="0.5", ls=":", lw=1, label="ln 2")
     a1.set_ylabel("loss"); a1.set_title("Loss")
-    a2.set_ylabel("induction strength"); a2.set_title("Induction strength, layer-2 heads")
+    a2.set_ylabel("induction strength"); a2.set_title("Induction strength, layer-1 heads (blocks.1)")
     a1.legend(fontsize=7, loc="upper right"); a2.legend(fontsize=6, loc="upper left", ncol=2)
     fig.tight_layout()
     buf = io.BytesIO(); fig.savefig(buf, format="png"); return buf.getvalue()
 
 # %% ../nbs/08c_clamping_lab.ipynb #33b56b68
-class ClampingLab:
+class ClampingLab(Panel):
     "Clamp chosen attention heads while a model trains on `ICLTask`; live curves; start and stop from the widget."
+    css = "cl-clamping"
     def __init__(self,
                  task:ICLTask|None=None,          # the task (default: 64 classes x 2 exemplars, 16 labels, batch 128)
                  make_model:Callable|None=None,   # make_model(task) -> fresh model (default: 2 layers, 8 heads, d_model 64, attention only)
@@ -85,10 +87,9 @@ class ClampingLab:
         self.step_label = W.HTML("step 0")
         self.error = W.HTML("")
         self.curves = W.Image(format="png", value=_curves_png([], (0, steps), steps, every))
-        for w, c in [(self.hook, "hook"), (self.heads, "heads"), (self.value, "value"), (self.steps, "steps"),
+        self._tag([(self.hook, "hook"), (self.heads, "heads"), (self.value, "value"), (self.steps, "steps"),
                      (self.window, "window"), (self.start_button, "start"), (self.stop_button, "stop"),
-                     (self.step_label, "step"), (self.curves, "curves"), (self.error, "error")]:
-            w.add_class(f"cl-clamping-{c}")
+                     (self.step_label, "step"), (self.curves, "curves"), (self.error, "error")])
         self.steps.observe(self._on_steps, "value")
         self.start_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
@@ -121,14 +122,12 @@ class ClampingLab:
             return Ablate(self.hook.value, how=self.value.value.split()[0], heads=heads)
         return pattern_clamp(self.value.value, self.task.n_ctx, layer, heads, steps=(lo, hi))
 
-    def _show_error(self, msg:str):
-        self.error.value = f"<span style='color:#b00020'><b>Error:</b> {msg}</span>"
 
     def start(self):
         "Start training in a background thread with the current settings (bad settings show an error instead)."
-        if self.running: return self._show_error("a run is in progress: stop it first.")
+        if self.running: return self._fail("a run is in progress: stop it first.")
         try: clamp = self.clamp()
-        except ValueError as e: return self._show_error(str(e))
+        except ValueError as e: return self._fail(str(e))
         self.error.value = ""
         self._stop.clear()
         self.model = self.make_model(self.task)
@@ -156,7 +155,7 @@ class ClampingLab:
             how = "stopped" if self.run.stopped else "finished"
             self.error.value = f"{how} at step {self.run.step}; checkpoint in <code>{self.checkpoint_dir}</code>"
         except Exception as e:
-            self._show_error(f"{type(e).__name__}: {e}")
+            self._fail(f"{type(e).__name__}: {e}")
         finally:
             self.start_button.disabled, self.stop_button.disabled = False, True
 
@@ -168,7 +167,3 @@ class ClampingLab:
         if force or time.time() - self._last_draw > 1.0:     # redraw at most once a second: drawing is not free
             self.curves.value = _curves_png(h, window, steps, self.every)
             self._last_draw = time.time()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)

@@ -19,9 +19,9 @@ from .hooks import attach, check_edit, check_read, hook_shape
 from .fastpath import fast_applies, fast_forward
 
 # %% auto #0
-__all__ = ['position_axis', 'Intervention', 'Steer', 'orthonormal_basis', 'patch_span', 'SubspacePatch', 'Clamp', 'Ablate',
-           'activations', 'as_interventions', 'intervene', 'run_hooked', 'run', 'previous_token_pattern', 'SweepResult',
-           'sweep']
+__all__ = ['position_axis', 'site_index', 'Intervention', 'Steer', 'orthonormal_basis', 'patch_span', 'SubspacePatch', 'Clamp',
+           'Ablate', 'activations', 'as_interventions', 'intervene', 'run_hooked', 'run', 'previous_token_pattern',
+           'SweepResult', 'sweep']
 
 # %% ../nbs/01_interventions.ipynb #c6b5e6ad
 def _tensor(x, what:str, dtype=None)->Tensor:
@@ -81,8 +81,13 @@ def _head_axis(hook:str)->int|None:
 
 _SITES = {}   # (shape, device, hook, positions, heads) -> index tuple: a hook firing every step builds it once
 
-def _site(act:Tensor, hook:str, positions=None, heads=None)->tuple:
-    "Index tuple selecting `heads` and `positions` of `act` (all when None), batch kept."
+def site_index(
+    act:Tensor,       # an activation at `hook`, batch first
+    hook:str,         # its hook name (which axes hold positions and heads)
+    positions=None,   # positions (negative counts from the end); None = all
+    heads=None,       # heads (attention hooks only); None = all
+)->tuple:             # index tuple for `act[...]`
+    "Index tuple selecting `heads` and `positions` of `act` (all when None), batch kept; cached per shape."
     norm = lambda ix: None if ix is None else (int(ix),) if isinstance(ix, int) else tuple(int(i) for i in ix)
     key = (tuple(act.shape), act.device, hook, norm(positions), norm(heads))
     if key not in _SITES:
@@ -257,7 +262,7 @@ class Steer(Intervention):
             delta = v * (_per_row(_on(self.coef, act, c_cache).reshape(-1), act.shape[0], act.ndim)
                          if isinstance(self.coef, Tensor) else self.coef)
             if positions is None: return act + delta
-            ix = _site(act, self.hook, positions=positions)
+            ix = site_index(act, self.hook, positions=positions)
             act = act.clone()
             act[ix] += delta
             return act
@@ -280,7 +285,7 @@ def patch_span(
 )->Tensor:
     "h + (h_s - h) Q Q^T at `positions`: the formula `SubspacePatch` applies and `das` trains (differentiable in `q`)."
     if positions is None: return act + (source - act) @ q @ q.T
-    ia, is_ = _site(act, hook, positions), _site(source, hook, positions)
+    ia, is_ = site_index(act, hook, positions), site_index(source, hook, positions)
     act = act.clone()
     act[ia] = act[ia] + (source[is_] - act[ia]) @ q @ q.T
     return act
@@ -403,7 +408,7 @@ class Clamp(Intervention):
     def make_hook(self, model):
         cache = _prewarm(self.value, model, {}) if isinstance(self.value, Tensor) else {}
         def clamp(act, hook):
-            ix = _site(act, self.hook, self.positions, self.heads)
+            ix = site_index(act, self.hook, self.positions, self.heads)
             target = self._called(act) if callable(self.value) else _on(self.value, act, cache)
             sel = act[ix]
             try: target = torch.broadcast_to(target.to(act.dtype), sel.shape)
@@ -436,7 +441,7 @@ class Ablate(Intervention):
             if self.how == "mean" and act.shape[0] == 1:
                 raise ValueError(f"Ablate(how='mean') at {self.hook} on a batch of 1 would change nothing (the mean of one "
                                  "row is the row): run it on a batch of several prompts, or use how='zero'.")
-            ix = _site(act, self.hook, self.positions, self.heads)
+            ix = site_index(act, self.hook, self.positions, self.heads)
             sel = act[ix]
             act = act.clone()
             act[ix] = torch.zeros_like(sel) if self.how == "zero" else sel.mean(0, keepdim=True).expand_as(sel)

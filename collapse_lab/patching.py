@@ -14,16 +14,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import check_hook, hook_name, _model_device
-from .interventions import SubspacePatch, Clamp, activations, intervene, run, _site
+from .core import check_hook, hook_name, model_device
+from .interventions import SubspacePatch, Clamp, activations, run, site_index, patch_span, orthonormal_basis
 from .hooks import attach
 from .prompts import Prompts, as_prompts
 
 # %% auto #0
-__all__ = ['patch_direction', 'orthonormal_basis', 'patch_subspace', 'Decomposition', 'decompose', 'logit_diff',
-           'fraction_recovered', 'interchange_accuracy', 'patched_logits', 'patch_metrics', 'DASResult', 'das',
-           'mean_difference_direction', 'gradient_direction', 'IllusionReport', 'illusion_report', 'PatchingSweep',
-           'patching_sweep', 'save_subspace', 'load_subspace']
+__all__ = ['patch_direction', 'patch_subspace', 'Decomposition', 'decompose', 'logit_diff', 'fraction_recovered',
+           'interchange_accuracy', 'DownstreamMap', 'downstream_map', 'patched_logits', 'patch_metrics', 'DASResult',
+           'das', 'mean_difference_direction', 'gradient_direction', 'IllusionReport', 'illusion_report',
+           'PatchingSweep', 'patching_sweep', 'save_subspace', 'load_subspace']
 
 # %% ../nbs/04_patching.ipynb #f8001d79
 def patch_direction(
@@ -35,12 +35,6 @@ def patch_direction(
     nv = (v * v).sum()
     if nv == 0: raise ValueError("v is the zero vector: a 1-D patch needs a non-zero direction.")
     return h_base + ((h_source - h_base) @ v / nv)[..., None] * v
-
-def orthonormal_basis(
-    basis:Tensor,      # [k, d] spanning vectors (or [d])
-)->Tensor:             # [d, k] orthonormal columns Q
-    "Orthonormal columns spanning the rows of `basis` (the `SubspacePatch.projector_basis` convention)."
-    return SubspacePatch("_", basis, torch.zeros(1)).projector_basis.to(basis.dtype)
 
 def patch_subspace(
     h_base:Tensor,     # base activations [..., d]
@@ -58,6 +52,7 @@ class Decomposition:
     rowspace:Tensor    # projection of v onto the column space of W
     nullspace:Tensor   # v - rowspace; maps to zero through W
     rank:int           # rank of W
+    width:int=0        # size of the activation (rows of W); rank == width means the nullspace is empty
 
     def __iter__(self): return iter((self.rowspace, self.nullspace))
     @property
@@ -65,29 +60,49 @@ class Decomposition:
     @property
     def nullspace_norm(self)->Tensor: return self.nullspace.norm(dim=-1)
     @property
+    def nullspace_empty(self)->bool:
+        "True when W has full row rank: every direction of the activation is read downstream."
+        return self.rank >= self.width
+    @property
     def rowspace_fraction(self)->Tensor:
         "|rowspace|^2 / |v|^2."
         r, n = self.rowspace_norm ** 2, self.nullspace_norm ** 2
         return r / (r + n)
     def __repr__(self):
         return (f"Decomposition(|rowspace|={self.rowspace_norm.tolist()}, |nullspace|={self.nullspace_norm.tolist()}, "
-                f"rank W={self.rank})")
+                f"rank W={self.rank} of {self.width}" + (": the nullspace is empty)" if self.nullspace_empty else ")"))
+
+def _column_basis(W:Tensor, rtol:float=1e-6)->tuple[Tensor, int]:
+    "Orthonormal basis [d, rank] of the column space of W [d, m] (via W W^T when W is wide: W_U has 50k columns)."
+    Wd = W.detach().double().cpu()
+    if Wd.shape[1] > Wd.shape[0]:
+        ev, U = torch.linalg.eigh(Wd @ Wd.T)
+        S, order = ev.clamp(min=0).sqrt().sort(descending=True)
+        U = U[:, order]
+    else: U, S, _ = torch.linalg.svd(Wd, full_matrices=False)
+    rank = int((S > rtol * S.max()).sum()) if S.numel() and S.max() > 0 else 0
+    return U[:, :rank], rank
 
 def decompose(
     v:Tensor,            # [d] or [k, d] vectors in the activation space
-    W:Tensor,            # [d, m] downstream weights, used as h @ W (or [n, d, m]: stacked, e.g. several heads' W_Q)
+    W:Tensor|None=None,  # [d, m] downstream weights, used as h @ W (or [n, d, m]: stacked); None: `downstream_map(model, hook)`
     rtol:float=1e-6,     # singular values below rtol * the largest count as zero
+    model=None,          # with `hook` and W=None: take the downstream map of that site
+    hook:str|None=None,  # hook name of the site (with `model`)
 )->Decomposition:
-    "Split `v` into its component in the column space of `W` (connected to `h @ W`) and its nullspace part."
+    "Split `v` into its component in the column space of `W` (connected to `h @ W`) and its nullspace part (Makelov et al., sec. 3)."
+    if W is None:
+        if model is None or hook is None:
+            raise ValueError("decompose needs the downstream weights: pass W, or model= and hook= to take them from the site.")
+        W = downstream_map(model, hook).W
     if W.ndim == 3: W = W.permute(1, 0, 2).reshape(W.shape[1], -1)   # stack heads: [d, n*m]
     if W.ndim != 2: raise ValueError(f"W must be [d, m] (or [heads, d, m]), got shape {list(W.shape)}.")
     if v.shape[-1] != W.shape[0]:
         raise ValueError(f"v has size {v.shape[-1]} but W has {W.shape[0]} rows; W must be used as h @ W with h of size {v.shape[-1]}.")
-    U, S, _ = torch.linalg.svd(W.detach().double(), full_matrices=False)
-    rank = int((S > rtol * S.max()).sum()) if S.numel() and S.max() > 0 else 0
-    U = U[:, :rank]
-    row = (v.double() @ U) @ U.T
-    return Decomposition(row.to(v.dtype), (v.double() - row).to(v.dtype), rank)
+    U, rank = _column_basis(W, rtol)
+    vd = v.detach().double().cpu()
+    row = (vd @ U) @ U.T
+    return Decomposition(row.to(v.dtype), (vd - row).to(v.dtype), rank, int(W.shape[0]))
 
 # %% ../nbs/04_patching.ipynb #bdccd7c7
 def _last(logits:Tensor)->Tensor: return logits[:, -1] if logits.ndim == 3 else logits
@@ -119,6 +134,64 @@ def interchange_accuracy(
     "Fraction of prompts whose top token at the last position is the counterfactual answer."
     lg = _last(logits)
     return (lg.argmax(-1).cpu() == torch.as_tensor(counterfactual).cpu()).float().mean().item()
+
+# %% ../nbs/04_patching.ipynb #b9f09aaf
+@dataclass
+class DownstreamMap:
+    "The linear maps that read an activation, stacked as one `W` [d, m] used as `h @ W`, and what they are."
+    W:Tensor             # [d, m] stacked readers
+    site:str             # "MLP hidden", "attention z" or "residual stream"
+    readers:list         # names of the stacked weights, e.g. ["blocks.1.mlp.W_out"]
+
+    @property
+    def rank(self)->int: return _column_basis(self.W)[1]
+    @property
+    def nullspace_dim(self)->int: return self.W.shape[0] - self.rank
+    def __repr__(self):
+        rd = self.readers if len(self.readers) <= 4 else self.readers[:3] + [f"... {len(self.readers)} in all"]
+        return (f"DownstreamMap({self.site}: W {list(self.W.shape)}, rank {self.rank}, nullspace dim {self.nullspace_dim}; "
+                f"readers {rd})")
+
+_RESID_BEFORE = {"hook_resid_pre": 0, "hook_resid_mid": 1, "hook_attn_out": 1, "hook_resid_post": 2, "hook_mlp_out": 2}
+
+def _stack(mats)->Tensor:
+    "[d, m] blocks and [heads, d, m] stacks, joined along the output side: [d, sum m]."
+    return torch.cat([(m.permute(1, 0, 2).reshape(m.shape[1], -1) if m.ndim == 3 else m).detach().float().cpu()
+                      for m in mats], 1)
+
+def _resid_readers(model, layer:int, stage:int):
+    "Every weight that reads the residual stream after `stage` (0 = before block `layer`, 1 = after its attention, 2 = after it)."
+    mats, names = [], []
+    for l in range(layer, model.cfg.n_layers):
+        b = model.blocks[l]
+        if l > layer or stage == 0:
+            for w in ("W_Q", "W_K", "W_V"): mats.append(getattr(b.attn, w)); names.append(f"blocks.{l}.attn.{w}")
+        if not getattr(model.cfg, "attn_only", False) and (l > layer or stage <= 1):
+            mats.append(b.mlp.W_in); names.append(f"blocks.{l}.mlp.W_in")
+    mats.append(model.W_U); names.append("W_U")
+    return mats, names
+
+def downstream_map(
+    model,        # a TransformerBridge
+    hook:str,     # hook name of the site
+)->DownstreamMap:
+    "The weights that read `hook`'s activation (Makelov et al.: the rowspace/nullspace split is taken against them)."
+    check_hook(model, hook)
+    import re
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", hook)
+    if hook in ("hook_embed", "hook_pos_embed"): layer, rest = 0, "hook_resid_pre"
+    elif m: layer, rest = int(m[1]), m[2]
+    else: layer, rest = None, hook
+    if rest == "mlp.hook_post":   # the MLP hidden layer: only W_out reads it
+        return DownstreamMap(_stack([model.blocks[layer].mlp.W_out]), "MLP hidden", [f"blocks.{layer}.mlp.W_out"])
+    if rest in ("attn.hook_z", "hook_z"):   # per-head outputs before W_O
+        return DownstreamMap(_stack([model.blocks[layer].attn.W_O]), "attention z", [f"blocks.{layer}.attn.W_O"])
+    if rest in _RESID_BEFORE:
+        mats, names = _resid_readers(model, layer, _RESID_BEFORE[rest])
+        return DownstreamMap(_stack(mats), "residual stream", names)
+    raise ValueError(f"no linear downstream map is known for {hook!r}: use a residual-stream hook (hook_resid_pre/mid/post, "
+                     "hook_attn_out, hook_mlp_out, hook_embed), blocks.L.mlp.hook_post (read by W_out) or "
+                     "blocks.L.attn.hook_z (read by W_O), or pass W to `decompose` yourself.")
 
 # %% ../nbs/04_patching.ipynb #c2e55bad
 def _as_basis(basis)->Tensor|None:
@@ -222,11 +295,11 @@ def das(
     check_hook(model, hook)
     base.check_positions(positions, "das"); source.check_positions(positions, "das")
     if steps < 1: raise ValueError(f"steps={steps} must be at least 1.")
-    dev = _model_device(model)
+    dev = model_device(model)
     src = activations(model, source, hook)
     d = src.shape[-1]
     if not 1 <= rank <= d: raise ValueError(f"rank={rank} must be between 1 and {d} (the width of {hook}).")
-    _site(src[:1], hook, positions)     # validates the positions
+    site_index(src[:1], hook, positions)     # validates the positions
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -234,13 +307,8 @@ def das(
     lin = lin.to(dev)
     opt = torch.optim.Adam(lin.parameters(), lr=lr)
     state, batch, losses = {}, {}, []
-    def patch(act, hook):          # same formula as SubspacePatch, with a learnable Q (rows of lin.weight)
-        Qt = lin.weight.to(act.dtype)                  # [k, d], orthonormal rows
-        s = batch["src"]
-        ia, is_ = _site(act, hook_, positions), _site(s, hook_, positions)
-        act = act.clone()
-        act[ia] = act[ia] + ((s[is_] - act[ia]) @ Qt.T) @ Qt
-        return act
+    def patch(act, hook):          # SubspacePatch's formula, with a learnable Q (the orthonormal rows of lin.weight)
+        return patch_span(act, batch["src"], lin.weight.T.to(act.dtype), hook_, positions)
     hook_ = hook
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
@@ -309,14 +377,36 @@ def gradient_direction(
 # %% ../nbs/04_patching.ipynb #eb937c30
 @dataclass
 class IllusionReport:
-    "One row per patch: the component's share of |v|^2, logit difference, interchange accuracy, fractions."
+    "One row per patch: the component's share of |v|^2 and of the patched coordinate's variation, and its effect."
     table:object          # pandas DataFrame
     hook:str
     rowspace:Tensor       # rowspace component of the direction
     nullspace:Tensor      # nullspace component
+    downstream:DownstreamMap|None=None   # the map the split was taken against (None when W was passed)
+    note:str=""           # a plain statement when the check cannot flag an illusion here (empty nullspace)
 
-    def __repr__(self): return f"IllusionReport at {self.hook}\n{self.table.to_string(float_format=lambda x: f'{x:.3f}')}"
-    def _repr_html_(self): return f"<b>Illusion report at <code>{self.hook}</code></b>" + self.table.to_html(float_format=lambda x: f"{x:.3f}")
+    def fraction(self, row:str)->float:
+        "Fraction of the base's logit difference that the patch `row` removes."
+        return float(self.table.loc[row, "fraction LD decrease"])
+    def variation_share(self, row:str)->float:
+        "Share of the patched coordinate <h_s - h_b, v> that component `row` contributes (rowspace + nullspace = 1)."
+        return float(self.table.loc[row, "variation share"])
+    def _head(self):
+        src = f" against {' | '.join(self.downstream.readers[:4])}{' ...' if len(self.downstream.readers) > 4 else ''}" if self.downstream else ""
+        return f"Illusion report at {self.hook}{src}" + (f"\nNote: {self.note}" if self.note else "")
+    def __repr__(self): return f"{self._head()}\n{self.table.to_string(float_format=lambda x: f'{x:.3f}')}"
+    def _repr_html_(self):
+        import html
+        h = self._head().split("\n")
+        return (f"<b>{html.escape(h[0])}</b>" + (f"<br><i>{html.escape(h[1])}</i>" if len(h) > 1 else "")
+                + self.table.to_html(float_format=lambda x: f"{x:.3f}"))
+
+def _coords(model, base, source, hook, positions, vecs):
+    "<h_s - h_b, c> for each vector c, over every pair and patched position: [n_vecs, N]."
+    hb, hs = activations(model, base, hook), activations(model, source, hook)
+    idx = site_index(hb, hook, positions)
+    dh = (hs[idx] - hb[idx]).float().cpu().reshape(-1, hb.shape[-1])
+    return torch.stack([dh @ v.float() for v in vecs])
 
 def illusion_report(
     model,                    # a TransformerBridge
@@ -324,33 +414,51 @@ def illusion_report(
     source,                   # source prompts, paired with base
     hook:str,                 # hook name of the patched site
     direction:Tensor,         # [d] the direction (e.g. `das(...).direction`)
-    W:Tensor,                 # [d, m] downstream weights used as h @ W (e.g. W_out of the MLP)
-    answer:Tensor,            # [n] the base's correct answers
-    counterfactual:Tensor,    # [n] the counterfactual answers
+    W:Tensor|None=None,       # [d, m] downstream weights used as h @ W; None: `downstream_map(model, hook)` picks them
+    answer:Tensor|None=None,  # [n] the base's correct answers
+    counterfactual:Tensor|None=None,  # [n] the counterfactual answers
     positions=(-1,),          # positions patched
     rtol:float=1e-6,          # rank tolerance for `decompose`
 )->IllusionReport:
-    "Full patch vs the direction vs its rowspace and nullspace components alone (Makelov et al.'s illusion check)."
+    """Full patch vs the direction vs its rowspace and nullspace components alone (Makelov et al.'s illusion check).
+    With `v` unit, the patched coordinate splits exactly: <h_s - h_b, v> = <h_s - h_b, r> + <h_s - h_b, n>; the
+    'variation share' of a component is its part of that coordinate (sum of c_comp * c_v over sum of c_v^2), and
+    'variation (rms)' is how much the activation varies along the component's unit direction between base and source."""
     import pandas as pd
-    direction = torch.as_tensor(direction, dtype=torch.float32).reshape(-1)
-    dec = decompose(direction, W.float().cpu(), rtol)
+    if answer is None or counterfactual is None:
+        raise ValueError("illusion_report needs answer= (the base's answers) and counterfactual= (the answers the source implies).")
+    direction = torch.as_tensor(direction, dtype=torch.float32).detach().cpu().reshape(-1)
+    if direction.norm() == 0: raise ValueError("direction is the zero vector: the report needs a non-zero direction.")
+    direction = direction / direction.norm()
+    dmap = downstream_map(model, hook) if W is None else None
+    dec = decompose(direction, dmap.W if W is None else W.float().cpu(), rtol)
     base, source = as_prompts(model, base), as_prompts(model, source)
     base_ld = _base_ld(model, base, answer, counterfactual)
     kw = dict(answer=answer, counterfactual=counterfactual, positions=positions, base_ld=base_ld)
     full = patch_metrics(model, base, source, hook, basis=None, **kw)
+    nan = float("nan")
     rows = {"no patch": dict(logit_diff=base_ld, interchange_accuracy=interchange_accuracy(
-                run(model, base).detach().cpu(), counterfactual), fraction_ld_decrease=0.0, share=float("nan")),
-            "full activation": full | dict(share=float("nan"))}
-    nv2 = float(direction.norm() ** 2)
-    for name, vec in (("direction", direction), ("rowspace component", dec.rowspace), ("nullspace component", dec.nullspace)):
-        share = float(vec.norm() ** 2) / nv2
-        if vec.norm() <= 1e-6 * direction.norm():
-            rows[name] = dict(logit_diff=base_ld, interchange_accuracy=float("nan"), fraction_ld_decrease=0.0, share=share)
-        else: rows[name] = patch_metrics(model, base, source, hook, basis=vec, **kw) | dict(share=share)
+                run(model, base).detach().cpu(), counterfactual), fraction_ld_decrease=0.0),
+            "full activation": dict(full)}
+    c_v, c_r, c_n = _coords(model, base, source, hook, positions, [direction, dec.rowspace, dec.nullspace])
+    den = float((c_v * c_v).sum())
+    for name, vec, c in (("direction", direction, c_v), ("rowspace component", dec.rowspace, c_r), ("nullspace component", dec.nullspace, c_n)):
+        stats = dict(share=float(vec.norm() ** 2), var_share=float((c * c_v).sum()) / den if den > 0 else nan,
+                     var_rms=float((c / vec.norm()).pow(2).mean().sqrt()) if vec.norm() > 1e-6 else 0.0)
+        if vec.norm() <= 1e-6:
+            rows[name] = dict(logit_diff=base_ld, interchange_accuracy=nan, fraction_ld_decrease=0.0) | stats
+        else: rows[name] = patch_metrics(model, base, source, hook, basis=vec, **kw) | stats
     for r in rows.values(): r["fraction_of_full"] = fraction_recovered(r["logit_diff"], base_ld, full["logit_diff"])
-    table = pd.DataFrame(rows).T[["share", "logit_diff", "fraction_ld_decrease", "fraction_of_full", "interchange_accuracy"]]
-    table.columns = ["|component|^2 / |v|^2", "logit diff", "fraction LD decrease", "fraction of full patch", "interchange acc"]
-    return IllusionReport(table.astype(float), hook, dec.rowspace, dec.nullspace)
+    cols = ["share", "var_share", "var_rms", "logit_diff", "fraction_ld_decrease", "fraction_of_full", "interchange_accuracy"]
+    table = pd.DataFrame(rows).T.reindex(columns=cols)
+    table.columns = ["|component|^2 / |v|^2", "variation share", "variation (rms)", "logit diff", "fraction LD decrease",
+                     "fraction of full patch", "interchange acc"]
+    note = ""
+    if dec.nullspace_empty:
+        what = " + ".join(dmap.readers[:3]) + (f" and {len(dmap.readers) - 3} more" if dmap and len(dmap.readers) > 3 else "") if dmap else "W"
+        note = (f"the nullspace is empty at {hook}: the downstream weights ({what}) have rank {dec.rank} = the width {dec.width}, "
+                "so every direction here is read downstream and the rowspace/nullspace split cannot flag an illusion at this site.")
+    return IllusionReport(table.astype(float), hook, dec.rowspace, dec.nullspace, dmap, note)
 
 # %% ../nbs/04_patching.ipynb #486f34aa
 @dataclass
@@ -410,7 +518,7 @@ def patching_sweep(
         src = activations(model, source, h)
         for j, c in enumerate(cols):
             if heads:
-                ix = _site(src, h, positions if positions is not None else [-1], [c])
+                ix = site_index(src, h, positions if positions is not None else [-1], [c])
                 iv = Clamp(h, src[ix], heads=[c], positions=list(positions if positions is not None else [-1]))
             else: iv = SubspacePatch(h, torch.eye(src.shape[-1]), src, positions=[c])
             with torch.no_grad(): out[i, j] = logit_diff(run(model, base, iv).cpu(), answer, counterfactual).mean()

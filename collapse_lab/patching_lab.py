@@ -11,9 +11,13 @@ import torch
 from torch import Tensor
 import ipywidgets as W
 
-from .core import hook_name, hook_shape, _model_device
+from .core import hook_name, model_device
+from .panel import Panel
+from .hooks import hook_shape
 from .prompts import as_prompts, prompt_list
-from .patching import (decompose, das, mean_difference_direction, logit_diff, patched_logits, load_subspace)
+from .patching import (decompose, downstream_map, das, mean_difference_direction, logit_diff, patched_logits,
+                                   load_subspace)
+from .interventions import activations
 
 # %% auto #0
 __all__ = ['downstream_weights', 'PatchingLab']
@@ -23,13 +27,9 @@ _KINDS = ("resid_pre", "resid_post", "mlp_post", "attn_out", "mlp_out")
 _SUBSPACES = ("full", "mean difference", "DAS")
 _COMPONENTS = ("whole", "rowspace", "nullspace")
 
-def downstream_weights(model, kind:str, layer:int)->Tensor|None:
-    "The weights that read `kind` at `layer` as h @ W: W_out for the MLP hidden layer, else the next layer's stacked W_Q (W_U after the last)."
-    if kind == "mlp_post": return model.blocks[layer].mlp.W_out.detach()
-    nxt = layer if kind == "resid_pre" else layer + 1
-    if nxt >= model.cfg.n_layers: return model.W_U.detach()
-    q = model.blocks[nxt].attn.W_Q.detach()          # [heads, d, d_head]
-    return q.permute(1, 0, 2).reshape(q.shape[1], -1)
+def downstream_weights(model, kind:str, layer:int)->Tensor:
+    "The weights that read `kind` at `layer` as h @ W (`collapse_lab.patching.downstream_map`): W_out for the MLP hidden layer, every later reader stacked for the residual stream."
+    return downstream_map(model, hook_name(kind, layer, model)).W
 
 def _rgb(x:float, lim:float)->str:
     "Diverging blue-white-red colour for x in [-lim, lim]."
@@ -39,8 +39,9 @@ def _rgb(x:float, lim:float)->str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 # %% ../nbs/08b_patching_lab.ipynb #26b34815
-class PatchingLab:
+class PatchingLab(Panel):
     "Widget: patch a subspace (DAS / mean difference / saved / full) from source into base at a site picked on a heat map."
+    css = "cl-patching"
     def __init__(self,
                  model,                    # a TransformerBridge
                  base,                     # base prompts of one token length: [n, pos] tokens, strings or token lists
@@ -57,6 +58,10 @@ class PatchingLab:
         if base.shape != source.shape or len(set(map(len, prompt_list(model, base)))) != 1:
             raise ValueError(f"base {list(base.shape)} and source {list(source.shape)} must be prompts of one token length: "
                              "the heat map patches position by position, so every pair must align token by token.")
+        for name, t in (("answer", answer), ("counterfactual", counterfactual), ("labels", labels)):
+            if t is not None and torch.as_tensor(t).reshape(-1).shape[0] != len(base):
+                raise ValueError(f"{name} has {torch.as_tensor(t).reshape(-1).shape[0]} entries but there are {len(base)} base prompts: "
+                                 f"pass one token id per pair ({name} of length {len(base)}).")
         bad = [k for k in kinds if k not in _KINDS]
         if bad: raise ValueError(f"kinds {bad} not supported; use some of {_KINDS}.")
         self.model, self.base, self.source = model, base, source
@@ -78,11 +83,10 @@ class PatchingLab:
         self.subspace = W.Dropdown(options=subs, description="subspace")
         self.component = W.Dropdown(options=list(_COMPONENTS), description="component")
         self.train = W.Button(description="train DAS", tooltip="DAS at this site (needed for subspace = DAS)")
-        self.bars, self.error, self.status = W.Output(), W.HTML(), W.HTML()
-        for w, c in ((self.pair, "pair"), (self.kind, "hook"), (self.layer, "layer"), (self.position, "position"),
+        self.bars, self.error, self.status, self.components = W.Output(), W.HTML(), W.HTML(), W.HTML()
+        self._tag(((self.pair, "pair"), (self.kind, "hook"), (self.layer, "layer"), (self.position, "position"),
                      (self.subspace, "subspace"), (self.component, "component"), (self.train, "train"),
-                     (self.bars, "bars"), (self.error, "error"), (self.status, "status")):
-            w.add_class(f"cl-patching-{c}")
+                     (self.bars, "bars"), (self.error, "error"), (self.status, "status"), (self.components, "components")))
         self.cells = [[W.Button(description="", layout=W.Layout(width="44px", height="26px", padding="0"))
                        for _ in range(n_pos)] for _ in range(n_layers)]
         for l, row in enumerate(self.cells):
@@ -97,7 +101,7 @@ class PatchingLab:
         for w in (self.layer, self.position, self.subspace, self.component): w.observe(lambda _: self.refresh(), "value")
         self.train.on_click(lambda _: self.refresh(train=True))
         self.widget = W.VBox([W.HBox([self.pair]), W.HBox([self.kind, self.layer, self.position]),
-                              W.HBox([self.subspace, self.component, self.train]), self.error, self.status,
+                              W.HBox([self.subspace, self.component, self.train]), self.error, self.status, self.components,
                               W.HBox([self.bars, W.VBox([W.HTML("<b>full patch at each site</b>: fraction of the pair's logit "
                                                                 "difference removed (click a cell to select it)"), self.heatmap])])])
         self.widget.add_class("cl-patching-lab")
@@ -117,8 +121,6 @@ class PatchingLab:
             finally: self._quiet = False
         self.refresh()
 
-    def _fail(self, msg:str):
-        self.error.value = f"<span style='color:#b00'>&#9888; {html.escape(msg)}</span>"
 
     def _basis(self, i:int)->Tensor|None:
         "The [k, d] basis chosen by the subspace and component dropdowns (None = the whole activation)."
@@ -141,7 +143,13 @@ class PatchingLab:
             v = v[None] if v.ndim == 1 else v
             if v.ndim != 2 or v.shape[1] != d:
                 raise ValueError(f"saved subspace {sub.removeprefix('saved: ')!r} has shape {list(v.shape)}, but {hook} has width {d}.")
-        comp = self.component.value
+        self._v = v
+        return self._component(v, self.component.value)
+
+    def _component(self, v:Tensor|None, comp:str)->Tensor|None:
+        "The rowspace or nullspace part of `v` (or of the whole activation when `v` is None) against the site's downstream map."
+        kind, layer, hook = self.kind.value, self.layer.value, self.hook
+        d = hook_shape(self.model, hook)[-1]
         if comp == "whole": return v
         Wd = downstream_weights(self.model, kind, layer).float().cpu()
         if v is None:   # the whole rowspace or nullspace of W
@@ -166,7 +174,7 @@ class PatchingLab:
             a, c = self.answer[i:i + 1], self.counterfactual[i:i + 1]
             if heatmap: self._heatmap(b, s, a, c)
             hook, pos = self.hook, self.position.value
-            with torch.no_grad(): base_ld = logit_diff(self.model(b.to(_model_device(self.model))).cpu(), a, c).item()
+            with torch.no_grad(): base_ld = logit_diff(self.model(b.to(model_device(self.model))).cpu(), a, c).item()
             full_ld = logit_diff(patched_logits(self.model, b, s, hook, None, [pos]), a, c).item()
             basis = self._basis(i)
             sub_ld = logit_diff(patched_logits(self.model, b, s, hook, basis, [pos]), a, c).item()
@@ -174,6 +182,7 @@ class PatchingLab:
                                rank=None if basis is None else basis.shape[0])
             self.status.value = (f"{hook}, position {pos}: subspace <b>{html.escape(self.subspace.value)}</b>, "
                                  f"component <b>{self.component.value}</b>" + (f" (rank {basis.shape[0]})" if basis is not None else ""))
+            self._components(b, s, a, c, hook, pos, base_ld, full_ld)
             self._bars()
             for l, row in enumerate(self.cells):
                 for p, cell in enumerate(row):
@@ -182,6 +191,38 @@ class PatchingLab:
         except Exception as e:   # the panel must never show a traceback
             self._fail(f"{type(e).__name__}: {e}")
         finally: self._train = False
+
+    def _components(self, b, s, a, c, hook, pos, base_ld, full_ld):
+        "For a chosen subspace: the effect of its whole, rowspace and nullspace parts, and each part's share of the variation."
+        v, rows = self._v, {}
+        self.result["components"] = rows
+        if v is None:
+            self.components.value = ""; return
+        dh = (activations(self.model, s, hook)[0, pos] - activations(self.model, b, hook)[0, pos]).float().cpu().reshape(-1)
+        u = v[0] / v[0].norm() if len(v) == 1 else None
+        for comp in _COMPONENTS:
+            try: B = self._component(v, comp)
+            except ValueError: B = None      # an empty component
+            ld = base_ld if B is None else logit_diff(patched_logits(self.model, b, s, hook, B, [pos]), a, c).item()
+            row = dict(logit_diff=ld, removed=(base_ld - ld) / base_ld if base_ld else float("nan"),
+                       of_full=(base_ld - ld) / (base_ld - full_ld) if base_ld != full_ld else float("nan"))
+            if u is not None:   # rank 1: <dh, v> = <dh, r> + <dh, n>, each part's share of the patched coordinate
+                part = u if comp == "whole" else (torch.zeros_like(u) if B is None else
+                                                  tuple(decompose(u, downstream_weights(self.model, self.kind.value, self.layer.value)))[
+                                                      0 if comp == "rowspace" else 1])
+                cv = float(dh @ u)
+                row |= dict(norm_share=float(part.norm() ** 2), variation_share=float(dh @ part) / cv if cv else float("nan"))
+            rows[comp] = row
+        dmap = downstream_map(self.model, hook)
+        head = "<tr><th>part</th><th>LD after patch</th><th>fraction removed</th><th>of full patch</th>" + \
+               ("<th>|part|&sup2;/|v|&sup2;</th><th>share of variation</th>" if u is not None else "") + "</tr>"
+        body = "".join(f"<tr><td>{k}</td><td>{r['logit_diff']:.3f}</td><td>{r['removed']:.3f}</td><td>{r['of_full']:.3f}</td>" +
+                       (f"<td>{r['norm_share']:.3f}</td><td>{r['variation_share']:.3f}</td>" if u is not None else "") + "</tr>"
+                       for k, r in rows.items())
+        note = (" &mdash; the nullspace is empty here: every direction is read downstream" if dmap.nullspace_dim == 0 else "")
+        self.components.value = (f"<div style='font-size:12px'>split against {html.escape(' | '.join(dmap.readers[:4]))}"
+                                 f"{' ...' if len(dmap.readers) > 4 else ''} (nullspace dim {dmap.nullspace_dim}){note}"
+                                 f"<table>{head}{body}</table></div>")
 
     def _heatmap(self, b, s, a, c):
         from collapse_lab.patching import patching_sweep
@@ -214,9 +255,6 @@ class PatchingLab:
             display(fig); plt.close(fig)
         self.fig = fig
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
 
 import contextlib as _contextlib
 def _null(): return _contextlib.nullcontext()

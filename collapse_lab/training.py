@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from .interventions import Intervention, intervene
 
 # %% auto #0
-__all__ = ['CHECKPOINT', 'Batch', 'batch_loss', 'save_checkpoint', 'load_checkpoint', 'Run', 'train', 'resume']
+__all__ = ['CHECKPOINT', 'Batch', 'batch_loss', 'rng_state', 'restore_rng_state', 'save_checkpoint', 'load_checkpoint', 'Run',
+           'train', 'resume']
 
 # %% ../nbs/05_training.ipynb #f2dca640
 @dataclass
@@ -78,15 +79,20 @@ def _rng_raw()->tuple:
     return (torch.get_rng_state(), random.getstate(), np.random.get_state(),
             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
 
-def _rng_state(raw:tuple|None=None)->dict:
-    "The RNG states (`raw` from `_rng_raw`, default: now) in `weights_only`-loadable types."
+def rng_state(
+    raw:tuple|None=None,   # states as `_rng_raw` takes them (default: now)
+)->dict:
+    "Every RNG state a training step could consume (torch, Python, NumPy, CUDA), in `weights_only`-loadable types."
     t, py, (v, keys, pos, has_gauss, gauss), cuda = raw or _rng_raw()
     st = {"torch": t, "python": list(py[1]), "python_version": py[0],
           "numpy": [v, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
     if cuda is not None: st["cuda"] = cuda
     return st
 
-def _set_rng_state(st:dict):
+def restore_rng_state(
+    st:dict,   # what `rng_state` returned (a checkpoint's "rng")
+):
+    "Put every RNG back in the state `st` records, so that what follows draws the same numbers."
     torch.set_rng_state(st["torch"])
     random.setstate((st["python_version"], tuple(st["python"]), None))
     v, keys, pos, has_gauss, gauss = st["numpy"]
@@ -123,7 +129,7 @@ def save_checkpoint(
 )->Path:                    # the checkpoint file
     "Write model, optimiser and RNG states with a SHA-256 over all of them, atomically (`collapse_lab.storage.write_atomic`)."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng or _rng_state(), "step": int(step),
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng or rng_state(), "step": int(step),
              "history": history or {}, "config": config or {}}
     state["sha256"] = _digest(state)
     return write_atomic(path / CHECKPOINT, lambda f: torch.save(state, f))
@@ -215,7 +221,7 @@ def train(
         start = 0
     else:
         model.load_state_dict(_resume["model"]); opt.load_state_dict(_resume["optimizer"])
-        _set_rng_state(_resume["rng"])
+        restore_rng_state(_resume["rng"])
         start, hist = _resume["step"], {k: list(v) for k, v in _resume["history"].items()}
     losses = hist["loss"]
     run = Run(model, pd.DataFrame(hist), start, Path(checkpoint_dir) if checkpoint_dir else None, clamps=clamps)
@@ -285,7 +291,7 @@ def train(
                         if (Path(checkpoint_dir) / CHECKPOINT).exists() else "no checkpoint had been written yet")
                 warnings.warn(f"Interrupted inside the optimiser update of step {step}, where the weights may be half "
                               f"updated: {kept}.")
-        elif done > saved[0] and not saved[1]: checkpoint(rng=step_rng and _rng_state(step_rng))   # `done` complete steps, RNG as at the step boundary
+        elif done > saved[0] and not saved[1]: checkpoint(rng=step_rng and rng_state(step_rng))   # `done` complete steps, RNG as at the step boundary
         raise
     finally:
         stack.close()                      # no hook outlives the run, whatever happened

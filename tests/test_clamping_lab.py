@@ -47,7 +47,7 @@ def test_window_and_clamp_reach_training(tmp_path):
     assert c.heads == [1, 2] and c.steps == (10, 30) and torch.equal(c.value, torch.eye(5))
     lab.start(); assert lab.wait(120)
     assert lab.run.step == 40 and lab.run.clamps[0].steps == (10, 30)
-    assert {"m_induction_0", "m_prev_token_3"} <= set(lab.run.history.columns)
+    assert {"m_loss", "m_induction_0", "m_prev_token_3"} <= set(lab.run.history.columns)
 
 def test_steps_box_bounds_the_window(tmp_path):
     lab = _lab(tmp_path, steps=100)
@@ -60,7 +60,7 @@ def test_bad_heads_show_an_error_and_start_nothing(tmp_path, heads, msg):
     lab = _lab(tmp_path)
     lab.heads.value = heads
     lab.start_button.click()
-    assert msg in lab.error.value and "Error" in lab.error.value
+    assert msg in lab.error.value and "&#9888;" in lab.error.value   # the labs' warning sign
     assert lab.thread is None and not lab.running
 
 def test_second_start_while_running_is_refused(tmp_path):

@@ -9,7 +9,7 @@ from collapse_lab.interventions import Steer, SubspacePatch, run, intervene
 from collapse_lab.ioi import train_ioi, ioi_pairs, S2_POS, HELDOUT_TEMPLATES
 from collapse_lab.patching import (patch_direction, patch_subspace, decompose, das, mean_difference_direction,
                                    gradient_direction, logit_diff, patched_logits, patch_metrics, illusion_report,
-                                   patching_sweep, save_subspace, load_subspace, fraction_recovered)
+                                   patching_sweep, save_subspace, load_subspace, fraction_recovered, downstream_map)
 
 @pytest.fixture(scope="module")
 def trained():
@@ -57,17 +57,23 @@ def test_das_restores_weights_and_hooks_after_error(trained):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     first.requires_grad_(True)
 
-def test_das_full_rank_equals_full_patch_and_learns(trained):
+def test_das_learns_and_trains_the_patch_it_returns(trained):
     model, p = trained
     hook = "blocks.0.mlp.hook_post"
     res = das(model, p.base.tokens, p.source.tokens, hook, positions=[S2_POS], answers=p.counterfactual,
               steps=40, lr=3e-2, progress=False)
     assert sum(res.losses[-10:]) / 10 < sum(res.losses[:5]) / 5 - 0.1   # gradients flow through the patched activation
     torch.testing.assert_close(res.basis @ res.basis.T, torch.eye(1), atol=1e-5, rtol=0)
-    # the evaluation patch (SubspacePatch) gives the same loss DAS saw at the end (same formula)
-    lg = patched_logits(model, p.base.tokens, p.source.tokens, hook, res.basis, [S2_POS])
-    ce = F.cross_entropy(lg[:, -1], p.counterfactual).item()
-    assert abs(ce - sum(res.losses[-5:]) / 5) < 1.0
+    # With lr=0 the basis DAS returns is the one its first loss was computed with: evaluating that basis as a
+    # SubspacePatch on the same (seeded) batch gives the same cross-entropy to float precision, so DAS optimises
+    # exactly the patch it hands back (a different formula would be off by far more than 1e-5).
+    frozen = das(model, p.base.tokens, p.source.tokens, hook, positions=[S2_POS], answers=p.counterfactual,
+                 steps=1, lr=0., seed=3, progress=False)
+    n = len(p.base.tokens)
+    idx = torch.randint(n, (min(64, n),), generator=torch.Generator().manual_seed(3))   # DAS's first batch
+    lg = patched_logits(model, p.base.tokens[idx], p.source.tokens[idx], hook, frozen.basis, [S2_POS])
+    ce = F.cross_entropy(lg[:, -1], p.counterfactual[idx]).item()
+    assert abs(ce - frozen.losses[0]) < 1e-5, (ce, frozen.losses[0])
     with pytest.raises(ValueError, match="positions"):
         das(model, p.base.tokens, p.source.tokens, hook, positions=[40], answers=p.counterfactual, steps=1, progress=False)
     with pytest.raises(ValueError, match="pairs must align"):
@@ -123,3 +129,48 @@ def test_save_load_subspace_roundtrip_and_corruption(tmp_path, trained):
 def test_fraction_recovered():
     assert fraction_recovered(torch.tensor([1., 3.]), 4.0, 0.0) == pytest.approx(0.5)
     assert fraction_recovered(1.0, 2.0, 2.0) != fraction_recovered(1.0, 2.0, 2.0)     # NaN when no reference effect
+
+
+def test_downstream_map_stacks_every_reader(trained):
+    model, _ = trained
+    d = downstream_map(model, "blocks.0.hook_resid_pre")
+    assert d.site == "residual stream" and d.readers[0] == "blocks.0.attn.W_Q" and d.readers[-1] == "W_U"
+    assert "blocks.0.mlp.W_in" in d.readers and "blocks.1.mlp.W_in" in d.readers and d.nullspace_dim == 0
+    assert downstream_map(model, "blocks.1.hook_resid_post").readers == ["W_U"]
+    # a direction one reader misses is still read by the stack: the single-reader "nullspace" is not disconnected
+    q = model.blocks[0].mlp.W_in.detach()[:, :8]                     # 8 of the 256 input columns of MLP 0
+    n = decompose(torch.randn(64), q).nullspace
+    assert n.norm() > 0.5 and (n @ d.W).norm() > 1e-2 * n.norm() * d.W.norm()
+    mlp = downstream_map(model, "blocks.1.mlp.hook_post")
+    assert torch.equal(mlp.W, model.blocks[1].mlp.W_out.detach().float().cpu()) and mlp.nullspace_dim == 192
+    z = downstream_map(model, "blocks.0.attn.hook_z")
+    assert z.W.shape == (16, 4 * 64) and z.readers == ["blocks.0.attn.W_O"]
+    with pytest.raises(ValueError, match="hook_resid_pre"): downstream_map(model, "blocks.0.mlp.hook_pre")
+    with pytest.raises(ValueError, match="model= and hook="): decompose(torch.randn(64))
+
+def test_illusion_report_variation_is_exact_and_picks_W(trained):
+    model, p = trained
+    from collapse_lab.interventions import activations
+    hook, W = "blocks.0.mlp.hook_post", model.blocks[0].mlp.W_out.detach()
+    g = torch.Generator().manual_seed(4)
+    v = torch.randn(256, generator=g)
+    kw = dict(answer=p.answer, counterfactual=p.counterfactual, positions=[S2_POS])
+    auto = illusion_report(model, p.base.tokens, p.source.tokens, hook, v, **kw)
+    given = illusion_report(model, p.base.tokens, p.source.tokens, hook, v, W, **kw)
+    assert auto.table.equals(given.table) and auto.downstream.readers == ["blocks.0.mlp.W_out"] and auto.note == ""
+    u = v / v.norm(); r, n = decompose(u, W)
+    dh = (activations(model, p.source.tokens, hook) - activations(model, p.base.tokens, hook))[:, S2_POS]
+    cv, cr, cn = dh @ u, dh @ r, dh @ n
+    t = auto.table
+    assert abs(t.loc["nullspace component", "variation share"] - ((cn * cv).sum() / (cv * cv).sum()).item()) < 1e-4
+    assert abs(t.loc["rowspace component", "variation (rms)"] - (cr / r.norm()).pow(2).mean().sqrt().item()) < 1e-3
+    assert abs(auto.variation_share("rowspace component") + auto.variation_share("nullspace component") - 1) < 1e-4
+    assert abs(t.loc["rowspace component", "|component|^2 / |v|^2"] - (r.norm() ** 2).item()) < 1e-5
+    # the residual stream: the report says plainly that the nullspace is empty
+    res = illusion_report(model, p.base.tokens, p.source.tokens, "blocks.0.hook_resid_post", torch.randn(64), **kw)
+    assert "nullspace is empty" in res.note and "nullspace is empty" in repr(res) and "empty" in res._repr_html_()
+    with pytest.raises(ValueError, match="zero vector"):
+        illusion_report(model, p.base.tokens, p.source.tokens, hook, torch.zeros(256), **kw)
+    with pytest.raises(ValueError, match="counterfactual="):
+        illusion_report(model, p.base.tokens, p.source.tokens, hook, v, answer=p.answer)
+    assert _no_hooks(model)

@@ -108,3 +108,33 @@ def test_saved_subspace_from_file(lab, tmp_path):
     lab2.select(0, S2_POS); lab2.subspace.value = "saved: file"
     assert lab2.error.value == "" and lab2.result["rank"] == 2
     assert abs(lab2.result["subspace"] - _ld(lab2, p, 0, B, "blocks.0.hook_resid_post", S2_POS)) < 1e-4
+
+
+def test_answer_of_wrong_length_refused_before_any_work(lab):
+    lab, p = lab
+    calls = []
+    h = lab.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"answer has 5 entries but there are 16 base prompts.*length 16"):
+            PatchingLab(lab.model, p.base.tokens, p.source.tokens, p.answer[:5], p.counterfactual)
+        with pytest.raises(ValueError, match="counterfactual has 17 entries"):
+            PatchingLab(lab.model, p.base.tokens, p.source.tokens, p.answer, torch.cat([p.counterfactual, p.counterfactual[:1]]))
+    finally: h.remove()
+    assert calls == []     # refused before a forward pass
+
+def test_components_effects_and_variation_at_mlp_site(lab):
+    lab, p = lab
+    lab.pair.value = 2; lab.kind.value = "mlp_post"; lab.select(0, S2_POS)
+    lab.subspace.value = "mean difference"; lab.component.value = "whole"
+    comps = lab.result["components"]
+    assert set(comps) == {"whole", "rowspace", "nullspace"} and lab.error.value == ""
+    assert abs(comps["nullspace"]["logit_diff"] - lab.result["base"]) < 1e-4           # W_out's nullspace: no effect
+    assert abs(comps["whole"]["logit_diff"] - lab.result["subspace"]) < 1e-5
+    assert abs(comps["rowspace"]["variation_share"] + comps["nullspace"]["variation_share"] - 1) < 1e-4
+    assert abs(comps["rowspace"]["norm_share"] + comps["nullspace"]["norm_share"] - 1) < 1e-4
+    assert "blocks.0.mlp.W_out" in lab.components.value and "nullspace dim 192" in lab.components.value
+    lab.kind.value = "resid_post"
+    assert "nullspace is empty" in lab.components.value
+    lab.subspace.value = "full"
+    assert lab.result["components"] == {} and lab.components.value == ""
+    assert _no_hooks(lab.model)
