@@ -5,7 +5,7 @@ from .hooks import *
 from . import storage
 from .interventions import *
 from .generation import *
-from . import metrics, viz
+from . import metrics, viz, rl
 from .steering import *
 from .grid import *
 from .bandit import *

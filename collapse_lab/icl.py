@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .core import tiny_model, check_hook, _model_device
+from .core import tiny_model, check_hook, model_device
 from .interventions import Clamp, Ablate, previous_token_pattern, activations
-from .hooks import attach
-from .training import Batch, train
+from .hooks import capture
+from .training import Batch, batch_loss, train
 
 # %% auto #0
-__all__ = ['CLAMP_KINDS', 'ICLBatch', 'ICLTask', 'RepeatedTokens', 'induction_strength', 'previous_token_score',
+__all__ = ['PHASE_RULES', 'CLAMP_KINDS', 'ICLBatch', 'ICLTask', 'RepeatedTokens', 'induction_strength', 'previous_token_score',
            'in_context_accuracy', 'icl_measures', 'trailing_mean', 'phase_change_step', 'plateau_steps',
            'self_attention_pattern', 'uniform_pattern', 'pattern_clamp', 'previous_token_clamp',
            'label_attention_clamp', 'checkpoint_clamp', 'induction_run']
@@ -118,20 +118,14 @@ class RepeatedTokens:
 # %% ../nbs/06b_icl.ipynb #688bbbfd
 def _patterns(model, tokens:Tensor, layers:Sequence[int])->tuple[Tensor, dict]:
     "Logits and the attention patterns [batch, head, q, k] of `layers`, in one forward pass."
-    seen, removers = {}, []
-    try:
-        for l in layers:
-            name = check_hook(model, f"blocks.{l}.attn.hook_pattern")
-            removers.append(attach(model, name, lambda act, hook, l=l: seen.__setitem__(l, act.detach())))
-        with torch.no_grad(): logits = model(tokens.to(_model_device(model)))
-    finally:
-        for r in removers: r()
-    return logits, seen
+    names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
+    with torch.no_grad(), capture(model, names) as acts: logits = model(tokens.to(model_device(model)))
+    return logits, {l: acts[n] for l, n in zip(layers, names)}
 
 def induction_strength(
     model,             # a 2-layer (or deeper) attention model
     batch:ICLBatch,    # in-context classification batch
-    layer:int=1,       # the layer whose heads are scored (the paper's layer 2 is index 1)
+    layer:int=1,       # the layer whose heads are scored (blocks.1; the paper calls it layer 2)
 )->Tensor:             # [n_heads]
     "Per head: attention from the query to the correct label minus the mean attention to the other labels (Singh et al.)."
     _, pats = _patterns(model, batch.tokens, [layer])
@@ -147,7 +141,7 @@ def _induction(pat:Tensor, batch:ICLBatch)->Tensor:
 def previous_token_score(
     model,              # an attention model
     tokens:Tensor,      # [batch, pos] token ids
-    layer:int=0,        # the layer whose heads are scored (the paper's layer 1 is index 0)
+    layer:int=0,        # the layer whose heads are scored (blocks.0; the paper calls it layer 1)
 )->Tensor:              # [n_heads], 1 for a perfect previous-token head
     "Per head: mean attention from each position q >= 1 to position q - 1."
     _, pats = _patterns(model, tokens, [layer])
@@ -161,7 +155,7 @@ def in_context_accuracy(
     batch:ICLBatch,    # in-context classification batch
 )->float:              # fraction of queries whose most likely label is the correct one
     "Accuracy of the label predicted at the query position (argmax over the label tokens)."
-    with torch.no_grad(): logits = model(batch.tokens.to(_model_device(model)))
+    with torch.no_grad(): logits = model(batch.tokens.to(model_device(model)))
     return _accuracy(logits, batch)
 
 def _accuracy(logits:Tensor, batch:ICLBatch)->float:
@@ -171,13 +165,13 @@ def _accuracy(logits:Tensor, batch:ICLBatch)->float:
 def icl_measures(
     model,                  # a 2-layer attention model
     batch:ICLBatch,         # in-context classification batch (an eval batch)
-    prev_layer:int=0,       # layer of the previous-token heads
-    induction_layer:int=1,  # layer of the induction heads
-)->dict:                    # {"accuracy": float, "induction": [H], "prev_token": [H]}
-    "In-context accuracy, induction strength per head and previous-token score per head, from one forward pass."
+    prev_layer:int=0,       # layer of the previous-token heads (blocks.0)
+    induction_layer:int=1,  # layer of the induction heads (blocks.1)
+)->dict:                    # {"loss": float, "accuracy": float, "induction": [H], "prev_token": [H]}
+    "Held-out loss (the training loss on `batch`), in-context accuracy, induction strength and previous-token score per head, from one forward pass."
     logits, pats = _patterns(model, batch.tokens, [prev_layer, induction_layer])
-    return {"accuracy": _accuracy(logits, batch), "induction": _induction(pats[induction_layer], batch),
-            "prev_token": _prev_score(pats[prev_layer])}
+    return {"loss": batch_loss(logits, batch.to(logits.device)).item(), "accuracy": _accuracy(logits, batch),
+            "induction": _induction(pats[induction_layer], batch), "prev_token": _prev_score(pats[prev_layer])}
 
 # %% ../nbs/06b_icl.ipynb #c2dfde6e
 def trailing_mean(
@@ -190,25 +184,36 @@ def trailing_mean(
     s = np.arange(1, len(x) + 1)
     return (c[s] - c[np.maximum(s - window, 0)]) / np.minimum(s, window)
 
+PHASE_RULES = ("eval", "train")
+
 def phase_change_step(
-    losses:Sequence[float],   # loss per step (e.g. `run.history.loss`)
-    level:float=0.4 * math.log(2),  # threshold on the trailing mean (default 0.4 ln 2, two context pairs)
-    window:int=100,           # trailing window in steps
-)->int|None:                  # first step whose trailing mean is below `level` (counted from step 0), None if never
-    "First step at which the trailing-`window` mean loss falls below `level`."
-    tm = trailing_mean(losses, window)
+    losses:Sequence[float],         # rule "eval": held-out loss at each evaluation point; rule "train": training loss per step
+    level:float=0.4 * math.log(2),  # threshold (default 0.4 ln 2: two context pairs)
+    rule:str="eval",                # "eval": first evaluation point below `level` (Singh et al.'s official code); "train": trailing mean
+    steps:Sequence[int]|None=None,  # rule "eval": the training step of each evaluation point (default 0, 1, 2, ...)
+    window:int=100,                 # rule "train": trailing window in steps
+)->int|None:                        # the phase-change step, None if the loss never falls below `level`
+    "Phase-change step: first evaluation point with held-out loss below `level` (rule 'eval'), or first step whose trailing-`window` mean training loss is below it (rule 'train')."
+    if rule not in PHASE_RULES: raise ValueError(f"rule={rule!r} is not one of {PHASE_RULES}.")
+    x = np.asarray(losses, dtype=float)
+    if rule == "eval":
+        st = np.arange(len(x)) if steps is None else np.asarray(steps)
+        if len(st) != len(x): raise ValueError(f"steps has {len(st)} entries but losses has {len(x)}: give one step per evaluation point.")
+        hit = np.flatnonzero(x < level)
+        return int(st[hit[0]]) if len(hit) else None
+    tm = trailing_mean(x, window)
     hit = np.flatnonzero((tm < level) & (np.arange(len(tm)) >= window - 1))
     return int(hit[0]) if len(hit) else None
 
 def plateau_steps(
-    losses:Sequence[float],   # loss per step
+    losses:Sequence[float],   # training loss per step
     level:float=math.log(2),  # the plateau's loss (chance in context: ln N)
     tol:float=0.2,            # relative band around `level` that counts as on the plateau
     window:int=100,           # trailing window in steps
 )->int:                       # steps before the phase change whose trailing mean is within the band
-    "How long the loss sits on the plateau (trailing mean within `tol` of `level`) before it drops."
+    "How long the training loss sits on the plateau (trailing mean within `tol` of `level`) before it first drops below 0.4 `level`."
     tm = trailing_mean(losses, window)
-    end = phase_change_step(losses, 0.4 * level, window)
+    end = phase_change_step(losses, 0.4 * level, rule="train", window=window)
     tm = tm[window - 1:end]
     return int(((tm > (1 - tol) * level) & (tm < (1 + tol) * level)).sum())
 
@@ -254,7 +259,7 @@ class _LabelRow:
 
 def label_attention_clamp(
     task:ICLTask,                    # the task supplying the batches (train with data=task)
-    layer:int=1,                     # layer of the clamped head (the paper's layer 2)
+    layer:int=1,                     # layer of the clamped head (blocks.1; the paper's layer 2)
     heads:int|Sequence[int]=0,       # head(s) to clamp
     steps:tuple[int, int]|None=None, # training-step window
 )->Clamp:
@@ -291,40 +296,48 @@ CLAMP_KINDS = ("none", "previous-token", "self", "uniform")
 
 def induction_run(
     seed:int=0,                     # model initialisation seed
-    clamp:str="none",               # one of CLAMP_KINDS; the clamped head is `head` of layer 0
+    clamp:str="none",               # one of CLAMP_KINDS; the clamped head is `head` of layer 0 (blocks.0)
     steps:int=3000,                 # most training steps
     window:tuple|None=None,         # clamp window (start, stop); None = the whole run
-    head:int=0,                     # the clamped layer-1 head
+    head:int=0,                     # the clamped head of layer 0
     data_seed:int=0,                # the data stream (the same for every seed and clamp: same batches)
-    every:int=50,                   # evaluate the measures every this many steps
-    after:int|None=200,             # stop this many steps after the phase change (None: run all `steps`)
+    every:int=50,                   # evaluate the measures (and the held-out loss) every this many steps
+    after:int|None=200,             # stop this many steps after the phase change, once both rules have found one (None: run all `steps`)
+    rule:str="eval",                # phase-change rule reported as `phase_change`: "eval" (held-out loss, official code) or "train"
     lr:float=1e-3,                  # Adam learning rate
     task_kw:dict|None=None,         # ICLTask settings (defaults: 64 classes x 2 exemplars, 16 labels, batch 128)
     device:str="cpu",               # where to train
     progress:bool=False,            # show the progress bar
-)->dict:                            # phase_change, plateau, loss (per step), eval_step, induction (best head), prev_token, seconds
-    "Train one 2-layer attention-only model on `ICLTask` with a named clamp; return its curves and phase-change step."
+)->dict:                            # phase_change(_eval, _train), plateau, loss (per step), eval_step, eval_loss, induction (best head), prev_token, ...
+    "Train one 2-layer attention-only model on `ICLTask` with a named clamp; return its curves and phase-change steps under both rules."
     import time
     if clamp not in CLAMP_KINDS: raise ValueError(f"clamp={clamp!r} is not one of {CLAMP_KINDS}.")
+    if rule not in PHASE_RULES: raise ValueError(f"rule={rule!r} is not one of {PHASE_RULES}.")
     task = ICLTask(**({"seed": data_seed} | (task_kw or {})))
     model = tiny_model(n_layers=2, d_model=64, n_heads=8, attn_only=True, d_vocab=task.d_vocab, n_ctx=task.n_ctx,
                        seed=seed, device=device)
     clamps = [] if clamp == "none" else [pattern_clamp(clamp, task.n_ctx, 0, head, window or (0, steps))]
     ev = task.batch(0, "eval", batch_size=512)
     level = 0.4 * math.log(task.n_pairs)
-    found = {}
+    found, evals = {}, []
+    def measure(m):
+        r = icl_measures(m, ev); evals.append(r["loss"]); return r
     def stop_when(losses):
-        if after is None: return False
-        if "pc" not in found and len(losses) >= 100 and sum(losses[-100:]) / 100 < level: found["pc"] = len(losses) - 1
-        return "pc" in found and len(losses) - 1 >= found["pc"] + after
+        n = len(losses)
+        if "eval" not in found and n % every == 0 and evals and evals[-1] < level: found["eval"] = n
+        if "train" not in found and n >= 100 and sum(losses[-100:]) / 100 < level: found["train"] = n - 1
+        return after is not None and len(found) == 2 and n - 1 >= found[rule] + after
     t = time.perf_counter()
-    run = train(model, task, steps, clamps=clamps, track={"m": lambda m: icl_measures(m, ev)}, every=every, seed=seed,
+    run = train(model, task, steps, clamps=clamps, track={"m": measure}, every=every, seed=seed,
                 lr=lr, stop_when=stop_when, progress=progress)
     secs = time.perf_counter() - t
     h, ms = run.history, run.measures
     ind = ms[[c for c in ms.columns if c.startswith("m_induction_")]].to_numpy()
-    return {"seed": seed, "clamp": clamp, "phase_change": phase_change_step(h.loss, level),
+    eval_step = (ms.step + 1).tolist()
+    pcs = {"eval": phase_change_step(ms.m_loss, level, "eval", steps=eval_step), "train": phase_change_step(h.loss, level, "train")}
+    return {"seed": seed, "clamp": clamp, "phase_change": pcs[rule], "phase_change_eval": pcs["eval"],
+            "phase_change_train": pcs["train"], "rule": rule,
             "plateau": plateau_steps(h.loss, math.log(task.n_pairs)), "steps_run": run.step, "window": list(window or (0, steps)),
-            "loss": h.loss.round(5).tolist(), "eval_step": (ms.step + 1).tolist(), "accuracy": ms.m_accuracy.tolist(),
-            "induction": ind.max(1).round(5).tolist(), "prev_token": ms[f"m_prev_token_{head}"].round(5).tolist(),
-            "ms_per_step": 1000 * secs / max(run.step, 1)}
+            "loss": h.loss.round(5).tolist(), "eval_step": eval_step, "eval_loss": ms.m_loss.round(5).tolist(),
+            "accuracy": ms.m_accuracy.tolist(), "induction": ind.max(1).round(5).tolist(),
+            "prev_token": ms[f"m_prev_token_{head}"].round(5).tolist(), "ms_per_step": 1000 * secs / max(run.step, 1)}

@@ -5,24 +5,23 @@
 # %% ../nbs/02_metrics.ipynb #83381e09
 from __future__ import annotations
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import check_hook, hook_name
-from .hooks import attach, check_read
+from .core import check_hook, hook_name, model_device
+from .hooks import attach, capture, check_read
 
 # %% auto #0
-__all__ = ['token_entropy', 'action_distribution', 'action_entropy', 'non_action_mass', 'attention_entropy', 'singular_values',
-           'effective_rank', 'capture', 'stream', 'model_token_entropy', 'model_action_entropy',
+__all__ = ['ENTROPY_NORMS', 'token_entropy', 'action_distribution', 'action_entropy', 'non_action_mass', 'attention_entropy',
+           'singular_values', 'effective_rank', 'stream', 'model_token_entropy', 'model_action_entropy',
            'normalised_attention_entropy', 'attention_entropy_flags', 'model_attention_entropy', 'model_effective_rank',
            'massive_activations', 'model_massive_activations', 'massive_activation_trajectory', 'emergence_curve',
            'fit_emergence', 'neural_collapse', 'model_neural_collapse', 'token_logprobs', 'entropy_covariance',
-           'clip_cov_select', 'kl_cov_select', 'model_entropy_covariance', 'active_units', 'kl_per_dim',
-           'model_collapse_closed_form', 'simulate_model_collapse']
+           'clip_cov_select', 'kl_cov_select', 'model_entropy_covariance', 'entropy_reward_fit', 'active_units',
+           'kl_per_dim', 'model_collapse_closed_form', 'simulate_model_collapse']
 
 # %% ../nbs/02_metrics.ipynb #b8b1d959
 def _plogp(logp:Tensor)->Tensor:
@@ -83,7 +82,7 @@ def non_action_mass(
 def attention_entropy(
     pattern:Tensor,  # attention probabilities `[batch, head, q, k]` (rows sum to 1; masked keys are 0)
 )->Tensor:           # `[batch, head, q]` entropy of each query's row, in nats
-    "Entropy of attention rows, H = -sum_k a_qk log a_qk, with 0 log 0 = 0 (so causally masked keys count nothing)."
+    "Entropy of attention rows (Zhai et al., 2023), H = -sum_k a_qk log a_qk, with 0 log 0 = 0 (so causally masked keys count nothing)."
     if pattern.ndim != 4: raise ValueError(f"pattern has shape {tuple(pattern.shape)}; expected [batch, head, q, k].")
     a = pattern.float()
     return -torch.where(a > 0, a * a.clamp_min(1e-38).log(), torch.zeros_like(a)).sum(-1)
@@ -113,26 +112,6 @@ def effective_rank(
     return token_entropy(s.log()).exp()    # softmax(log s) = s / sum(s)
 
 # %% ../nbs/02_metrics.ipynb #cbe2d9bf
-@contextmanager
-def capture(
-    model,            # a TransformerBridge
-    names:list[str],  # hook names to record (checked with `check_hook`)
-):                    # yields a dict name -> the activation of the latest forward pass (detached)
-    "Record the activations at `names` during forward passes; the hooks are gone on exit, even after an error."
-    names = [names] if isinstance(names, str) else list(names)
-    for n in names: check_read(model, n)
-    store, removers = {}, []
-    def make(n):
-        def fn(x, hook): store[n] = x.detach()  # keyed by the requested name, never by hook.name
-        return fn
-    try:
-        for n in names: removers.append(attach(model, n, make(n)))
-        yield store
-    finally:
-        for remove in reversed(removers): remove()
-
-def _model_device(model)->torch.device: return next(model.parameters()).device
-
 def _check_tokens(tokens)->Tensor:
     if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
         raise ValueError(f"tokens must be an integer tensor [batch, pos]; got "
@@ -151,7 +130,7 @@ def stream(
     "Run `model` over `tokens` in batches under `torch.no_grad()`, handing each batch's logits and hooked activations to `fn`."
     tokens = _check_tokens(tokens)
     if batch_size < 1: raise ValueError(f"batch_size={batch_size} must be >= 1.")
-    dev = _model_device(model)
+    dev = model_device(model)
     with capture(model, names) as acts, torch.no_grad():
         for i in tqdm(range(0, len(tokens), batch_size), desc=desc, disable=not progress, leave=False):
             logits = model(tokens[i:i+batch_size].to(dev))
@@ -190,35 +169,45 @@ def _n_keys(q:int, k:int, device=None)->Tensor:
     "Keys visible to each of `q` queries under a causal mask over `k` keys (queries are the last `q` positions)."
     return torch.arange(q, device=device) + (k - q) + 1
 
+ENTROPY_NORMS = ("visible", "context")
+
 def normalised_attention_entropy(
     pattern:Tensor,   # `[batch, head, q, k]` causal attention probabilities
-)->Tensor:            # `[batch, head, q]` H / log(k_visible) in [0, 1]; NaN where only one key is visible
-    "Attention entropy divided by its maximum log(k), k the number of keys a causal query can see."
+    by:str="visible", # maximum to divide by: "visible" = log(keys visible to the query); "context" = log(k), Jha & Reagen's official code
+)->Tensor:            # `[batch, head, q]` H / log(max); NaN where that maximum is 0 (one key)
+    "Attention entropy divided by log(keys visible to each causal query) (`by='visible'`) or by log(context size) (`by='context'`)."
+    if by not in ENTROPY_NORMS: raise ValueError(f"by={by!r} is not one of {ENTROPY_NORMS}.")
     H = attention_entropy(pattern)
-    hmax = _n_keys(pattern.shape[-2], pattern.shape[-1], pattern.device).float().log()
+    q, k = pattern.shape[-2], pattern.shape[-1]
+    n = _n_keys(q, k, pattern.device) if by == "visible" else torch.full((q,), k, device=pattern.device)
+    hmax = n.float().log()
     return torch.where(hmax > 0, H / hmax.clamp_min(1e-12), torch.full_like(H, float("nan")))
 
 def attention_entropy_flags(
     pattern:Tensor,             # `[batch, head, q, k]` causal attention probabilities of one layer
-    collapse_below:float=0.1,   # flag a head whose mean normalised entropy is below this (entropy collapse)
-    overload_above:float=0.9,   # flag a head whose mean normalised entropy is above this (entropic overload)
+    collapse_below:float=0.1,   # flag a head whose mean normalised entropy is below this (this library's heuristic, not a paper's)
+    overload_above:float=0.9,   # flag a head whose mean normalised entropy is above this (this library's heuristic, not a paper's)
+    by:str="visible",           # normalisation: "visible" or "context" (see `normalised_attention_entropy`)
 )->dict:                        # per head: "entropy" (nats), "normalised", "collapsed", "overloaded"
-    "Per-head mean attention entropy and its flags: near 0 = collapse; near log(k) = entropic overload (Jha & Reagen, 2025)."
+    "Per-head mean attention entropy and its flags: near 0 = entropy collapse (Zhai et al., 2023); near the maximum = entropic overload (Jha & Reagen, 2025)."
     if not 0 <= collapse_below < overload_above <= 1:
         raise ValueError(f"need 0 <= collapse_below ({collapse_below}) < overload_above ({overload_above}) <= 1.")
-    norm = normalised_attention_entropy(pattern)[..., 1:] if pattern.shape[-2] > 1 else normalised_attention_entropy(pattern)
+    norm = normalised_attention_entropy(pattern, by)
+    ent = attention_entropy(pattern)
+    if pattern.shape[-2] > 1: norm, ent = norm[..., 1:], ent[..., 1:]   # query 0 sees one key
     Hn = norm.nanmean((0, 2))
-    ent = attention_entropy(pattern)[..., 1:].mean((0, 2)) if pattern.shape[-2] > 1 else attention_entropy(pattern).mean((0, 2))
-    return dict(entropy=ent, normalised=Hn, collapsed=Hn < collapse_below, overloaded=Hn > overload_above)
+    return dict(entropy=ent.mean((0, 2)), normalised=Hn, collapsed=Hn < collapse_below, overloaded=Hn > overload_above)
 
 # %% ../nbs/02_metrics.ipynb #e6f03585
 def model_attention_entropy(
     model, tokens:Tensor,       # a TransformerBridge and `[n, pos]` token ids
     layers:list[int]|None=None, # layers to measure (default: all)
-    collapse_below:float=0.1, overload_above:float=0.9,  # flag thresholds on the normalised entropy
+    collapse_below:float=0.1, overload_above:float=0.9,  # flag thresholds on the normalised entropy (this library's heuristics)
+    by:str="visible",           # normalisation: "visible" or "context" (see `normalised_attention_entropy`)
     batch_size:int=32, progress:bool=True,
 ):                              # DataFrame: layer, head, entropy, normalised, collapsed, overloaded
-    "Attention entropy of every head, averaged over sequences and queries, with collapse/overload flags."
+    "Attention entropy of every head (Zhai et al., 2023), averaged over sequences and queries after query 0, with collapse/overload flags."
+    if by not in ENTROPY_NORMS: raise ValueError(f"by={by!r} is not one of {ENTROPY_NORMS}.")
     import pandas as pd
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     names = [hook_name("pattern", l, model) for l in layers]
@@ -227,7 +216,7 @@ def model_attention_entropy(
         for n in names:
             p = acts[n]
             tot[n][0] = tot[n][0] + attention_entropy(p)[..., 1:].sum((0, 2)).cpu()
-            tot[n][1] = tot[n][1] + normalised_attention_entropy(p)[..., 1:].nansum((0, 2)).cpu()
+            tot[n][1] = tot[n][1] + normalised_attention_entropy(p, by)[..., 1:].nansum((0, 2)).cpu()
         cnt[0] += p.shape[0] * (p.shape[2] - 1)
     stream(model, tokens, names, fn, batch_size, progress, "attention entropy")
     rows = []
@@ -480,32 +469,38 @@ def entropy_covariance(
     cov = torch.where(m, (lp - lp[m].mean()) * (A - A[m].mean()), torch.zeros_like(lp))
     return dict(cov=cov, sum=cov.sum(), mean=cov.sum() / n, n=n)
 
+def _n_selected(ratio:float, n:int, name:str)->int:
+    "max(1, floor(ratio * n)): the official code always selects at least one token."
+    if not 0 < ratio <= 1: raise ValueError(f"{name}={ratio} must be in (0, 1] (the official code asserts it is > 0).")
+    return max(1, int(ratio * n))
+
 def clip_cov_select(
-    cov:Tensor,               # per-token covariance terms from `entropy_covariance`
-    mask:Tensor|None=None,    # response tokens
-    ratio:float=2e-4,         # r: fraction of the N tokens to clip
-    low:float=1., high:float=5.,  # omega_low, omega_high: covariance window the clipped tokens are drawn from
-    generator:torch.Generator|None=None,
-)->Tensor:                    # bool mask of tokens whose gradient Clip-Cov detaches
-    "Clip-Cov (Cui et al., 2025): floor(r N) tokens drawn uniformly among those with low <= Cov <= high."
+    cov:Tensor,                   # per-token covariance terms from `entropy_covariance`
+    mask:Tensor|None=None,        # response tokens (default: all); N = mask.sum()
+    ratio:float=2e-4,             # r: clip max(1, floor(r N)) tokens (paper and official scripts, 7B and 32B alike)
+    low:float=1., high:float=5.,  # omega_low, omega_high: strict covariance window (paper and official scripts, 7B and 32B)
+    exclude:Tensor|None=None,     # tokens the PPO clip already removed from the gradient: never candidates
+    generator:torch.Generator|None=None,  # for the random draw among candidates
+)->Tensor:                        # bool mask of tokens whose gradient Clip-Cov detaches
+    "Clip-Cov (Cui et al., 2025): max(1, floor(r N)) tokens drawn uniformly among those with low < Cov < high, not PPO-clipped."
     m = torch.ones_like(cov, dtype=torch.bool) if mask is None else mask.bool()
-    if not 0 <= ratio <= 1: raise ValueError(f"ratio={ratio} must be in [0, 1].")
-    if low > high: raise ValueError(f"low={low} > high={high}.")
-    cand = (m & (cov >= low) & (cov <= high)).flatten().nonzero().flatten()
-    k = min(int(ratio * int(m.sum())), len(cand))
+    k = _n_selected(ratio, int(m.sum()), "ratio")
+    if low >= high: raise ValueError(f"low={low} must be < high={high} (the window is strict).")
+    ok = m & (cov > low) & (cov < high)
+    if exclude is not None: ok &= ~exclude.bool()
+    cand = ok.flatten().nonzero().flatten()
     pick = cand[torch.randperm(len(cand), generator=generator)[:k].to(cand.device)]
     out = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device); out[pick] = True
     return out.view(cov.shape)
 
 def kl_cov_select(
     cov:Tensor,               # per-token covariance terms from `entropy_covariance`
-    mask:Tensor|None=None,    # response tokens
-    ratio:float=2e-3,         # k: fraction of the N tokens, those of largest Cov, to penalise
+    mask:Tensor|None=None,    # response tokens (default: all); N = mask.sum()
+    ratio:float=2e-3,         # k: fraction of tokens penalised; 2e-3 is the paper's Qwen2.5-7B value (2e-4 for 32B)
 )->Tensor:                    # bool mask of tokens KL-Cov penalises
-    "KL-Cov (Cui et al., 2025): the floor(k N) tokens with the largest Cov."
+    "KL-Cov (Cui et al., 2025): the max(1, floor(k N)) response tokens with the largest Cov."
     m = torch.ones_like(cov, dtype=torch.bool) if mask is None else mask.bool()
-    if not 0 <= ratio <= 1: raise ValueError(f"ratio={ratio} must be in [0, 1].")
-    k = int(ratio * int(m.sum()))
+    k = min(_n_selected(ratio, int(m.sum()), "ratio"), int(m.sum()))
     score = torch.where(m, cov, torch.full_like(cov, float("-inf"))).flatten()
     out = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
     out[score.topk(k).indices] = True
@@ -524,6 +519,29 @@ def model_entropy_covariance(
     stream(model, tokens, [], fn, batch_size, progress, "log-probs")
     adv = torch.as_tensor(advantages).float()
     return entropy_covariance(lps, adv[:, None] if adv.ndim == 1 else adv, mask)
+
+# %% ../nbs/02_metrics.ipynb #dc82752f
+def _ols(x:np.ndarray, y:np.ndarray)->tuple:
+    "Least-squares y = c1 x + c0, with R^2."
+    c1, c0 = np.polyfit(x, y, 1)
+    ss = float(((y - y.mean()) ** 2).sum())
+    r2 = 1 - float(((y - (c1 * x + c0)) ** 2).sum()) / ss if ss > 0 else float("nan")
+    return float(c1), float(c0), r2
+
+def entropy_reward_fit(
+    entropy,   # policy entropy H at each step of a run (nats), any 1-D array-like
+    reward,    # performance R at the same steps (e.g. mean reward or accuracy)
+)->dict:       # a, b, r2 of R = -a exp(H) + b; ceiling = b - a; slope, intercept, r2_linear of R = slope H + intercept; n
+    "Fit R = -a exp(H) + b (Cui et al., 2025) by least squares on exp(H), and the straight line R = slope H + intercept."
+    H = np.asarray(entropy, dtype=float).reshape(-1); R = np.asarray(reward, dtype=float).reshape(-1)
+    if H.shape != R.shape: raise ValueError(f"entropy has {H.size} values but reward has {R.size}; pass one of each per step.")
+    ok = np.isfinite(H) & np.isfinite(R)
+    if ok.sum() < 3: raise ValueError(f"only {int(ok.sum())} finite (entropy, reward) pairs; the fit needs at least 3.")
+    H, R = H[ok], R[ok]
+    if np.ptp(H) == 0: raise ValueError(f"entropy is constant ({H[0]:.4g}) over the run; nothing to fit.")
+    c1, c0, r2 = _ols(np.exp(H), R)
+    s, i, r2l = _ols(H, R)
+    return dict(a=-c1, b=c0, r2=r2, ceiling=c0 - (-c1), slope=s, intercept=i, r2_linear=r2l, n=int(ok.sum()))
 
 # %% ../nbs/02_metrics.ipynb #13a792cc
 def active_units(

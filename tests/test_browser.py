@@ -19,13 +19,13 @@ except ImportError: expect = None   # the browser fixtures skip with the reason
 TUTORIALS_DIR = bs.NBS/"tutorials"
 # Tutorials this test knows, with the least number of plots each must show (besides: every cell that draws a
 # figure at its top level must show an image). Any other notebook in nbs/tutorials/ is tested too.
-TUTORIAL_PLOTS = {"east": 2, "subspace_illusion": 2, "induction_heads": 2, "collapse_zoo": 7}
+TUTORIAL_PLOTS = {"east": 2, "subspace_illusion": 2, "induction_heads": 2, "collapse_zoo": 7, "rl_entropy": 2}
 TUTORIAL_TIMEOUT = float(os.environ.get("COLLAPSE_LAB_TUTORIAL_TIMEOUT", 900))   # a safety net, not a speed test
 PARALLEL = int(os.environ.get("COLLAPSE_LAB_BROWSER_PARALLEL", 2))  # tutorials run at once (one kernel each)
 
 # Slowest first (measured), so that the two at once finish together: induction_heads alone takes about as long as
-# the other three in sequence.
-SLOWEST_FIRST = ["induction_heads", "east", "subspace_illusion", "collapse_zoo"]
+# the others in sequence.
+SLOWEST_FIRST = ["induction_heads", "east", "subspace_illusion", "rl_entropy", "collapse_zoo"]
 
 def _tutorial_names():
     found = {p.stem for p in TUTORIALS_DIR.glob("*.ipynb")} if TUTORIALS_DIR.exists() else set()

@@ -146,7 +146,10 @@ def test_cov_selections_edge_cases():
     assert not M.clip_cov_select(cov, mask, ratio=0.5, low=10., high=20.).any()     # no candidates: nothing
     sel = M.clip_cov_select(cov, mask, ratio=1.0, low=1., high=5.)
     assert sel.tolist() == [[False, True, True, False], [False, False, False, False]]  # masked 1.5 excluded
-    assert not M.kl_cov_select(cov, mask, ratio=0.).any()
+    sel = M.clip_cov_select(cov, mask, ratio=1.0, low=2., high=5.)                   # strict: 2.0 on the bound is out
+    assert sel.tolist() == [[False, False, True, False], [False, False, False, False]]
+    assert int(M.kl_cov_select(cov, mask, ratio=1e-4).sum()) == 1                    # max(1, floor(k N))
+    with pytest.raises(ValueError, match="ratio"): M.kl_cov_select(cov, mask, ratio=0.)
     sel = M.kl_cov_select(cov, mask, ratio=2 / 7)
     assert sel.tolist() == [[False, False, True, False], [True, False, False, False]]
     with pytest.raises(ValueError, match="ratio"): M.kl_cov_select(cov, ratio=1.5)
@@ -159,3 +162,18 @@ def test_bad_inputs_name_the_bad_value(model, toks):
     with pytest.raises(ValueError, match=r"\[24\]"): M.model_action_entropy(model, toks, [0, 24], progress=False)
     with pytest.raises(ValueError, match="labels"): M.neural_collapse(torch.randn(5, 3), torch.zeros(4))
     with pytest.raises(ValueError, match="logvar"): M.kl_per_dim(torch.zeros(3, 2), torch.zeros(3, 3))
+
+
+def test_attention_entropy_normalisations_against_direct_formulas(model, toks):
+    "Both named maxima, computed here from the patterns by hand: log(q+1) keys visible ('visible') and log T ('context')."
+    T = toks.shape[1]
+    with torch.no_grad(), M.capture(model, ["blocks.2.attn.hook_pattern"]) as a:
+        model(toks)
+    p = a["blocks.2.attn.hook_pattern"].double()
+    H = -(p * p.clamp_min(1e-300).log()).sum(-1)[..., 1:]                        # [n, head, q>=1]
+    vis = (H / torch.log(torch.arange(2., T + 1, dtype=torch.float64))).mean((0, 2))
+    ctx = (H / math.log(T)).mean((0, 2))
+    for by, want in (("visible", vis), ("context", ctx)):
+        df = M.model_attention_entropy(model, toks, layers=[2], by=by, batch_size=5, progress=False)
+        assert np.allclose(df.normalised.values, want.numpy(), atol=1e-5), (by, df.normalised.values, want)
+    with pytest.raises(ValueError, match="'tokens'"): M.model_attention_entropy(model, toks, by="tokens", progress=False)
