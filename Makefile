@@ -3,20 +3,28 @@ SHELL := /bin/bash
 VENV  := .venv
 BIN   := $(VENV)/bin
 PY    := $(BIN)/python
-# torch goes in first: 2.13.0 is a CPU build on the project machines; override for CUDA hosts.
+# torch goes in first. TORCH is split into words and passed to pip as they are, so it can carry pip options, e.g.
+# a CUDA build: make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+# (`make torch TORCH=...` replaces the torch of an existing .venv).
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test export check-export nbtest pytest readme readme-images docs browser-deps clean
+.PHONY: setup torch lab test export check-export lint nbtest pytest readme readme-images docs tutorials browser-deps clean
 
 setup: $(STAMP)
 
 $(STAMP): settings.ini setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
+
+# Replace the torch in .venv by $(TORCH) (e.g. a CUDA build), leaving the rest of the environment as it is.
+torch: setup
+	$(PY) -m pip uninstall -q -y torch
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -c "import torch; print('torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
 
 # JupyterLab refuses to run as root without --allow-root (containers and these build machines run as root).
 lab: setup
@@ -44,7 +52,11 @@ browser-deps:
 pytest: setup browser-deps
 	COLLAPSE_LAB_QUICK=1 $(PY) -m pytest tests -q -rs
 
-test: check-export nbtest pytest
+# The exported package: no unused imports or variables, no undefined names (ruff's pyflakes rules); fix them in nbs/.
+lint: setup
+	$(BIN)/ruff check --select F --exclude collapse_lab/_modidx.py,collapse_lab/__init__.py collapse_lab
+
+test: check-export lint nbtest pytest
 
 readme: setup
 	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README
@@ -58,6 +70,12 @@ readme-images: setup
 # The docs site: nbdev_docs where Quarto is installed, else Sphinx + myst-nb offline (docs/build.py -> _docs/).
 docs: setup
 	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; else $(PY) docs/build.py; fi
+
+# Re-run each tutorial at full size and store its outputs (figures, tables) in the notebook, with a hash of its code
+# cells in the metadata; tests/test_tutorial_outputs.py fails when the code changes and the outputs are not re-run.
+# One tutorial: make tutorials NB=nbs/tutorials/east.ipynb
+tutorials: setup
+	$(PY) tools/execute_tutorials.py $(or $(NB),nbs/tutorials/*.ipynb)
 
 # CPU benchmarks (figures and ratios, medians of interleaved repeats); the GPU set: bash benchmarks/gpu_check.sh
 .PHONY: bench

@@ -4,22 +4,25 @@
 
 # %% ../nbs/06a_bandit.ipynb #0d821a11
 from __future__ import annotations
-import math, time
-from dataclasses import dataclass, field, replace
+import math
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import _model_device, tiny_model
-from .interventions import intervene, run, Steer
+from .core import model_device, tiny_model
+from .interventions import run, Steer
 from .metrics import action_distribution, non_action_mass
+from .generation import generate
 
 # %% auto #0
 __all__ = ['Bandits', 'TokenRendering', 'TextRendering', 'Episodes', 'greedy_policy', 'shrinking_policy', 'ucb1_policy',
            'play_policy', 'next_action_logits', 'play', 'play_sweep', 'episode_metrics', 'policy_data',
-           'imitation_loss', 'train_agent']
+           'imitation_loss', 'train_agent', 'ThoughtRendering', 'thought_teacher', 'thinking_data', 'thought_loss',
+           'train_thinking_agent', 'ThinkingEpisodes', 'play_thinking', 'think_prompts', 'thought_metrics',
+           'thinking_metrics', 'thought_action_entropy']
 
 # %% ../nbs/06a_bandit.ipynb #1a8d717f
 @dataclass(repr=False)
@@ -249,7 +252,7 @@ def next_action_logits(
 )->Tensor:                    # [n, d_vocab] logits of the token after the prompt
     "Logits of the next token (the action) for each history, one forward pass (text prompts are left-padded, so -1 is each one's end)."
     prompts = rendering.render(actions, rewards)
-    return run(model, prompts if isinstance(prompts, list) else prompts.to(_model_device(model)), *interventions)[:, -1]
+    return run(model, prompts if isinstance(prompts, list) else prompts.to(model_device(model)), *interventions)[:, -1]
 
 def play(
     model,                    # the agent: a TransformerBridge reading a rendering of the history
@@ -360,3 +363,276 @@ def train_agent(
         losses.append(loss.item())
         if s % 25 == 0: bar.set_postfix(kl=f"{sum(losses[-25:]) / len(losses[-25:]):.3f}")
     return model.eval(), losses
+
+# %% ../nbs/06a_bandit.ipynb #58b91280
+@dataclass
+class ThoughtRendering:
+    "Token layout of the thinking agent: BOS, then per step THINK, k evidence summaries, best, uncertainty word, plan, action, reward."
+    k:int=3                       # arms
+
+    BOS = 0
+    SUMMARIES = ("untried", "low", "high")
+    WORDS = ("sure", "unsure")
+    @property
+    def action_tokens(self)->list[int]: return list(range(1, self.k + 1))
+    @property
+    def reward_tokens(self)->list[int]: return [self.k + 1, self.k + 2]
+    @property
+    def THINK(self)->int: return self.k + 3
+    @property
+    def summary_tokens(self)->list[int]: return [self.k + 4 + i for i in range(3)]
+    @property
+    def best_tokens(self)->list[int]: return [self.k + 7 + i for i in range(self.k + 1)]   # arm 0..k-1, then "none"
+    @property
+    def word_tokens(self)->list[int]: return [2 * self.k + 8, 2 * self.k + 9]            # sure, unsure
+    @property
+    def plan_tokens(self)->list[int]: return [2 * self.k + 10 + i for i in range(self.k)]
+    @property
+    def d_vocab(self)->int: return 3 * self.k + 10
+    @property
+    def thought_len(self)->int: return self.k + 3
+    @property
+    def block(self)->int: return self.k + 6        # tokens per step: THINK, thought, action, reward
+    def n_ctx(self, horizon:int)->int: return 1 + self.block * horizon
+    def slot_kinds(self)->list[list[int]]:
+        "The token ids allowed in each thought slot (a thought is well-formed when every slot holds one of its kind)."
+        return [self.summary_tokens] * self.k + [self.best_tokens, self.word_tokens, self.plan_tokens]
+    def reward_token(self, r:Tensor, kind:str="bernoulli")->Tensor:
+        "Reward token ids: 0/1 rewards as they are; Gaussian rewards by their sign."
+        return torch.tensor(self.reward_tokens)[(r > 0).long() if kind == "gaussian" else r.long()]
+    def decode(self, thought)->str:
+        "A thought (token ids) as words, e.g. 'A:high B:untried C:low best=A unsure plan=B'; a wrong kind shows as '?<id>'."
+        arm = lambda i: chr(ord("A") + i)
+        names = {t: s for t, s in zip(self.summary_tokens, self.SUMMARIES)}
+        out = []
+        for j, t in enumerate(torch.as_tensor(thought).tolist()):
+            ok = t in self.slot_kinds()[j] if j < self.thought_len else False
+            if not ok: out.append(f"?{t}"); continue
+            if j < self.k: out.append(f"{arm(j)}:{names[t]}")
+            elif j == self.k: out.append("best=" + ("none" if t == self.best_tokens[-1] else arm(t - self.best_tokens[0])))
+            elif j == self.k + 1: out.append(self.WORDS[t - self.word_tokens[0]])
+            else: out.append("plan=" + arm(t - self.plan_tokens[0]))
+        return " ".join(out)
+
+# %% ../nbs/06a_bandit.ipynb #3891715c
+def thought_teacher(
+    actions:Tensor,         # [n, t] arms pulled so far
+    rewards:Tensor,         # [n, t] rewards as the agent reads them (0/1)
+    k:int,                  # arms
+    eps0:float=0.5,         # P(unsure) = min(1, eps0 / n_best)
+)->tuple:                   # (summaries [n, k] in 0..2, best [n] in 0..k (k = none), P(unsure) [n])
+    "The thought the teacher writes for each history: evidence per arm, best empirical arm, probability of 'unsure'."
+    counts, sums = _empirical(actions, rewards, k)
+    mean = sums / counts.clamp_min(1)
+    summ = torch.where(counts == 0, 0, torch.where(mean >= 0.5, 2, 1))
+    tried = counts > 0
+    best = torch.where(tried.any(-1), torch.where(tried, mean, torch.full_like(mean, -1.)).argmax(-1),
+                       torch.full((actions.shape[0],), k))
+    n_best = counts.gather(1, best.clamp_max(k - 1)[:, None])[:, 0]
+    p_unsure = torch.where(best == k, torch.ones_like(n_best), (eps0 / n_best.clamp_min(1)).clamp_max(1))
+    return summ, best, p_unsure
+
+def thinking_data(
+    bandits:Bandits,        # the episodes of one batch
+    rendering:ThoughtRendering|None=None,
+    eps0:float=0.5,         # the teacher's overconfidence (see `thought_teacher`)
+    seed:int=0,             # seeds the teacher's words and plans
+)->tuple[Tensor, Tensor]:   # tokens [n, n_ctx], P(unsure) [n, T]
+    "Teacher episodes as token sequences (thoughts in context), with the exact probability of 'unsure' at each step."
+    r = rendering or ThoughtRendering(bandits.k)
+    g = torch.Generator().manual_seed(seed)
+    n, T, k = bandits.n, bandits.horizon, bandits.k
+    A, Rb = torch.zeros(n, T, dtype=torch.long), torch.zeros(n, T)
+    toks = torch.zeros(n, r.n_ctx(T), dtype=torch.long)
+    pun = torch.zeros(n, T)
+    for t in range(T):
+        summ, best, pun[:, t] = thought_teacher(A[:, :t], Rb[:, :t], k, eps0)
+        unsure = torch.rand(n, generator=g) < pun[:, t]
+        A[:, t] = torch.where(unsure, torch.randint(0, k, (n,), generator=g), best.clamp_max(k - 1))
+        rt = r.reward_token(bandits.pull(A[:, t]), bandits.kind)
+        Rb[:, t] = (rt == r.reward_tokens[1]).float()
+        o = 1 + r.block * t
+        toks[:, o] = r.THINK
+        toks[:, o + 1:o + 1 + k] = torch.tensor(r.summary_tokens)[summ]
+        toks[:, o + 1 + k] = torch.tensor(r.best_tokens)[best]
+        toks[:, o + 2 + k] = torch.tensor(r.word_tokens)[unsure.long()]
+        toks[:, o + 3 + k] = torch.tensor(r.plan_tokens)[A[:, t]]
+        toks[:, o + 4 + k] = torch.tensor(r.action_tokens)[A[:, t]]
+        toks[:, o + 5 + k] = rt
+    return toks, pun
+
+def thought_loss(
+    logits:Tensor,          # [n, n_ctx - 1, d_vocab] agent logits on tokens[:, :-1]
+    tokens:Tensor,          # [n, n_ctx] teacher episodes from `thinking_data`
+    p_unsure:Tensor,        # [n, T] the teacher's exact P(unsure)
+    rendering:ThoughtRendering,
+)->Tensor:                  # scalar: mean cross-entropy per thought and action slot
+    "Cross-entropy on every thought slot and the action; the word against the exact P(unsure), the plan after 'unsure' against uniform."
+    r, T = rendering, p_unsure.shape[1]
+    lp = torch.log_softmax(logits.float(), -1)
+    total = 0.
+    for j in range(1, r.thought_len + 2):               # slot j of each step sits at offset j after THINK
+        pos = torch.arange(T) * r.block + 1 + j
+        l, tgt = lp[:, pos - 1], tokens[:, pos]
+        if j == r.k + 2:                                 # the uncertainty word: soft target
+            w = torch.tensor(r.word_tokens)
+            ce = -((1 - p_unsure) * l[..., w[0]] + p_unsure * l[..., w[1]])
+        elif j == r.k + 3:                               # the plan: uniform after "unsure", the best arm after "sure"
+            unsure = tokens[:, pos - 1] == r.word_tokens[1]
+            ce = torch.where(unsure, -l[..., torch.tensor(r.plan_tokens)].mean(-1), -l.gather(-1, tgt[..., None])[..., 0])
+        else: ce = -l.gather(-1, tgt[..., None])[..., 0]
+        total = total + ce.mean()
+    return total / (r.thought_len + 1)
+
+# %% ../nbs/06a_bandit.ipynb #288aecf2
+def train_thinking_agent(
+    k:int=3,                # arms
+    horizon:int=12,         # steps per episode
+    steps:int=300,          # optimiser steps (fresh teacher episodes every step)
+    batch:int=16,           # episodes per step
+    lr:float=3e-3,          # AdamW learning rate (cosine decay, short warm-up)
+    eps0:float=0.5,         # the teacher's overconfidence: P(unsure) = min(1, eps0 / n_best)
+    n_layers:int=2, d_model:int=48, n_heads:int=4,   # agent size
+    seed:int=0,             # model init, data and sampling seed
+    progress:bool=True,     # progress bar with the loss
+)->tuple:                   # (model, losses: list of floats)
+    "Train a small agent that writes a thought (evidence, best arm, sure/unsure, plan) and then acts, by imitating `thought_teacher`."
+    r = ThoughtRendering(k)
+    torch.manual_seed(seed)
+    model = tiny_model(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=r.d_vocab, n_ctx=r.n_ctx(horizon), seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1., (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    model.train(); losses = []
+    bar = tqdm(range(steps), desc="train thinking agent", disable=not progress)
+    for s in bar:
+        toks, pun = thinking_data(Bandits(batch, k, horizon, seed=seed * 100003 + s), r, eps0, seed=s)
+        loss = thought_loss(model(toks[:, :-1]), toks, pun, r)
+        opt.zero_grad(); loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(); sched.step()
+        losses.append(loss.item())
+        if s % 25 == 0: bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.3f}")
+    return model.eval(), losses
+
+# %% ../nbs/06a_bandit.ipynb #e130a03c
+@dataclass(repr=False)
+class ThinkingEpisodes:
+    "What a thinking agent did: its thoughts, the exact action distribution after each thought, actions, rewards."
+    probs:Tensor        # [n, T, k] action distribution after the thought
+    actions:Tensor      # [n, T]
+    rewards:Tensor      # [n, T] rewards as drawn (Gaussian: real values)
+    non_action:Tensor   # [n, T] probability on non-action tokens at the action slot
+    thoughts:Tensor     # [n, T, thought_len] the thought tokens written
+    tokens:Tensor       # [n, n_ctx] the whole episode as the agent read it
+    means:Tensor        # [n, k] arm means
+    kind:str="bernoulli"
+
+    @property
+    def episodes(self)->Episodes:
+        "The bandit side as `Episodes` (for `episode_metrics`)."
+        return Episodes(self.probs, self.actions, self.rewards, self.non_action, self.means)
+    def __len__(self): return self.actions.shape[0]
+    def __repr__(self): return f"ThinkingEpisodes(n={len(self)}, T={self.actions.shape[1]}, thought={self.thoughts.shape[-1]} tokens)"
+
+def play_thinking(
+    model,                    # the thinking agent (see `train_thinking_agent`)
+    bandits:Bandits,          # bandits to play
+    *interventions,           # active while it writes the thought and reads the action (see `generate`)
+    rendering:ThoughtRendering|None=None,
+    temperature:float=1.0,    # on every generated token (thought and action)
+    apply_to:str="all",       # where interventions act: "all" positions, or "generated" (thought positions only)
+    seed:int=0,               # thought and action sampling seed
+    progress:bool=False,      # progress bar over steps
+)->ThinkingEpisodes:
+    "Closed-loop episodes of an agent that writes a thought, then acts; the thought is sampled under the interventions."
+    r = rendering or ThoughtRendering(bandits.k)
+    if r.k != bandits.k: raise ValueError(f"rendering has k={r.k} arms, bandits have k={bandits.k}.")
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} must be a number > 0.")
+    n, T, k, L = bandits.n, bandits.horizon, bandits.k, r.thought_len
+    if model.cfg.d_vocab < r.d_vocab or model.cfg.n_ctx < r.n_ctx(T):
+        raise ValueError(f"ThoughtRendering(k={k}) with horizon {T} needs d_vocab >= {r.d_vocab} and n_ctx >= {r.n_ctx(T)}; "
+                         f"the agent has d_vocab={model.cfg.d_vocab}, n_ctx={model.cfg.n_ctx}.")
+    g = torch.Generator().manual_seed(seed)
+    toks = torch.zeros(n, r.n_ctx(T), dtype=torch.long)
+    A, R = torch.zeros(n, T, dtype=torch.long), torch.zeros(n, T)
+    P, NA, TH = torch.zeros(n, T, k), torch.zeros(n, T), torch.zeros(n, T, L, dtype=torch.long)
+    dev = model_device(model)
+    for t in tqdm(range(T), desc="play (thinking)", disable=not progress, leave=False):
+        o = 1 + r.block * t
+        toks[:, o] = r.THINK
+        gen = generate(model, toks[:, :o + 1].to(dev), *interventions, max_new_tokens=L + 1, temperature=temperature,
+                       seed=seed * 7919 + t, return_logits=True, apply_to=apply_to)
+        lg = gen.logits[:, L].float() / temperature          # the logits after the thought: the action slot
+        P[:, t], NA[:, t], TH[:, t] = action_distribution(lg, r.action_tokens), non_action_mass(lg, r.action_tokens), gen.tokens[:, :L]
+        u = torch.rand(n, generator=g)
+        A[:, t] = (P[:, t].cumsum(-1) < u[:, None]).sum(-1).clamp_max(k - 1)
+        R[:, t] = bandits.pull(A[:, t])
+        toks[:, o + 1:o + 1 + L] = TH[:, t]
+        toks[:, o + 1 + L] = torch.tensor(r.action_tokens)[A[:, t]]
+        toks[:, o + 2 + L] = r.reward_token(R[:, t], bandits.kind)
+    return ThinkingEpisodes(P, A, R, NA, TH, toks, bandits.means.clone(), bandits.kind)
+
+def think_prompts(
+    ep:ThinkingEpisodes,      # logged episodes
+    steps,                    # step indices t: the prompt is the episode before step t, then THINK
+    rendering:ThoughtRendering,
+)->Tensor:                    # [len(steps) * n, 1 + block * t + 1] when all t are equal; else a list of 1-D tensors
+    "The prompts the agent saw at `steps` (its history and THINK), for building vectors and open-loop measures."
+    out = []
+    for t in steps:
+        o = 1 + rendering.block * t
+        p = ep.tokens[:, :o + 1].clone(); p[:, o] = rendering.THINK
+        out.extend(p)
+    return torch.stack(out) if len({len(p) for p in out}) == 1 else out
+
+# %% ../nbs/06a_bandit.ipynb #a587b372
+def _well_formed(thoughts:Tensor, r:ThoughtRendering)->Tensor:
+    "[...] True where every slot of the thought [..., thought_len] holds a token of its kind."
+    ok = torch.ones(thoughts.shape[:-1], dtype=torch.bool)
+    for j, ids in enumerate(r.slot_kinds()): ok &= torch.isin(thoughts[..., j], torch.tensor(ids))
+    return ok
+
+def thought_metrics(
+    ep:ThinkingEpisodes,      # from `play_thinking`
+    rendering:ThoughtRendering,
+)->dict:
+    "Fractions of thoughts well-formed, consistent with the history, saying 'unsure'; actions following the plan."
+    r, TH, k = rendering, ep.thoughts, rendering.k
+    Rb = (ep.rewards > 0).float() if ep.kind == "gaussian" else ep.rewards
+    n, T, _ = TH.shape
+    cons = torch.zeros(n, T, dtype=torch.bool)
+    for t in range(T):
+        summ, best, _ = thought_teacher(ep.actions[:, :t], Rb[:, :t], k)
+        cons[:, t] = ((TH[:, t, :k] == torch.tensor(r.summary_tokens)[summ]).all(-1)
+                      & (TH[:, t, k] == torch.tensor(r.best_tokens)[best]))
+    plan = TH[..., k + 2]
+    follows = torch.isin(plan, torch.tensor(r.plan_tokens)) & (ep.actions == plan - r.plan_tokens[0])
+    return dict(well_formed=_well_formed(TH, r).float().mean().item(), consistent=cons.float().mean().item(),
+                unsure=(TH[..., k + 1] == r.word_tokens[1]).float().mean().item(),
+                follows_plan=follows.float().mean().item())
+
+def thinking_metrics(ep:ThinkingEpisodes, rendering:ThoughtRendering)->dict:
+    "`episode_metrics` (without the per-thought entropy) and `thought_metrics` of one batch of episodes."
+    m = episode_metrics(ep.episodes)
+    m.pop("entropy")          # given the thought the action is nearly fixed: see `thought_action_entropy`
+    return m | thought_metrics(ep, rendering)
+
+def thought_action_entropy(
+    model,                    # the thinking agent
+    prompts:Tensor,           # [n, pos] prompts ending with THINK (see `think_prompts`)
+    *interventions,           # active while the thoughts are written (see `generate`)
+    rendering:ThoughtRendering,
+    samples:int=8,            # thoughts written per prompt
+    temperature:float=1.0,    # on every generated token
+    apply_to:str="all",       # "all" or "generated"
+    seed:int=0,
+)->tuple:                     # (entropy [n] in nats, the `Generation` with samples consecutive rows per prompt)
+    "Entropy of the high-level action distribution: the action distributions after `samples` sampled thoughts, averaged."
+    if not isinstance(samples, int) or samples < 1: raise ValueError(f"samples={samples!r} must be a whole number >= 1.")
+    L = rendering.thought_len
+    gen = generate(model, prompts.repeat_interleave(samples, 0).to(model_device(model)), *interventions,
+                   max_new_tokens=L + 1, temperature=temperature, seed=seed, return_logits=True, apply_to=apply_to)
+    p = action_distribution(gen.logits[:, L].float() / temperature, rendering.action_tokens)
+    p = p.reshape(prompts.shape[0], samples, -1).mean(1)
+    return torch.special.entr(p).sum(-1), gen

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Callable
 
 import ipywidgets as W
-import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from .core import tiny_model

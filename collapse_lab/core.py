@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #5a0ca7ef
 from __future__ import annotations
-import dataclasses, difflib, os, re, socket, warnings
+import difflib, os, re, socket
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,7 +25,7 @@ def get_device(
     if isinstance(device, torch.device): return device
     if device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try: return torch.device(device)
-    except (RuntimeError, TypeError) as e:
+    except (RuntimeError, TypeError):
         raise ValueError(f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from None
 
 # %% ../nbs/00_core.ipynb #4e2f0c75
@@ -314,8 +314,6 @@ def model_device(
 )->torch.device:
     "Device of the model's first parameter (its input device)."
     return next(model.parameters()).device
-
-_model_device = model_device
 
 def model_cache(
     model,                       # a TransformerBridge

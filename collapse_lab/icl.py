@@ -5,7 +5,7 @@
 # %% ../nbs/06b_icl.ipynb #96c7739d
 from __future__ import annotations
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .core import tiny_model, check_hook, model_device
-from .interventions import Clamp, Ablate, previous_token_pattern, activations
+from .interventions import Clamp, previous_token_pattern, activations
 from .hooks import capture
 from .training import Batch, batch_loss, train
 

@@ -4,14 +4,13 @@
 
 # %% ../nbs/01_interventions.ipynb #6248dea5
 from __future__ import annotations
-import contextlib, dataclasses, json
+import contextlib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
-from safetensors.torch import save_file, safe_open
 
 from .core import check_hook, model_cache
 from .prompts import Prompts, as_prompts

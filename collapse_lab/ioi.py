@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import tiny_model, _model_device
+from .core import tiny_model, model_device
 
 # %% auto #0
 __all__ = ['IOI_NAMES', 'IOI_TEMPLATES', 'S2_POS', 'TRAIN_TEMPLATES', 'HELDOUT_TEMPLATES', 'IOI_VOCAB', 'encode', 'decode',
-           'IOIBatch', 'ioi_prompts', 'IOIPairs', 'ioi_pairs', 'ioi_model', 'ioi_accuracy', 'train_ioi']
+           'ioi_tokenizer', 'IOIBatch', 'ioi_prompts', 'IOIPairs', 'ioi_pairs', 'ioi_model', 'ioi_accuracy',
+           'train_ioi']
 
 # %% ../nbs/06c_ioi.ipynb #031f8419
 IOI_NAMES = "Mary John Anna Paul Lisa Mark Sara Tom Kate Jack Emma Luke Rose Adam Nora Ben".split()
@@ -44,6 +45,18 @@ def encode(text:str)->Tensor:
 def decode(ids)->str:
     "The words of token `ids`."
     return " ".join(IOI_VOCAB[int(i)] for i in torch.as_tensor(ids).reshape(-1))
+
+# %% ../nbs/06c_ioi.ipynb #f0a12cdc
+def ioi_tokenizer():
+    """A word-level Hugging Face tokenizer for the IOI vocabulary (id i is `IOI_VOCAB[i]`, `<pad>` = 58, the rest
+    up to 64 unused), so models of the task show words: `model.to_str_tokens`, the labs and strings as prompts."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    n = len(IOI_VOCAB)
+    vocab = _TOK | {"<pad>": n} | {f"<unused{i}>": i for i in range(n + 1, 63)} | {"<unk>": 63}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
 
 # %% ../nbs/06c_ioi.ipynb #0784229a
 @dataclass
@@ -128,15 +141,18 @@ def ioi_model(
     seed:int=0,       # initialisation seed
     **kwargs,         # other `tiny_model` arguments
 ):
-    "A fresh `tiny_model` with the IOI vocabulary and context."
-    return tiny_model(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=64, n_ctx=16, seed=seed, **kwargs)
+    "A fresh `tiny_model` with the IOI vocabulary and context, and `ioi_tokenizer` as its tokenizer (tokens show as words)."
+    model = tiny_model(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=64, n_ctx=16, seed=seed, **kwargs)
+    model.tokenizer = ioi_tokenizer()
+    model.cfg.default_prepend_bos = False    # the task has no BOS token: a string prompt is exactly its words
+    return model
 
 def ioi_accuracy(
     model,              # a model trained on the task
     batch:IOIBatch,     # prompts
 )->dict:
     "Accuracy (argmax = IO) and mean logit difference logit(IO) - logit(S) at the last position."
-    with torch.no_grad(): lg = model(batch.tokens.to(_model_device(model)))[:, -1].float().cpu()
+    with torch.no_grad(): lg = model(batch.tokens.to(model_device(model)))[:, -1].float().cpu()
     ld = lg.gather(1, batch.io[:, None]) - lg.gather(1, batch.s[:, None])
     return dict(accuracy=(lg.argmax(-1) == batch.io).float().mean().item(), logit_diff=ld.mean().item())
 
@@ -153,7 +169,7 @@ def train_ioi(
     if steps < 1 or batch_size < 1: raise ValueError(f"steps={steps} and batch_size={batch_size} must be >= 1.")
     model = ioi_model(seed=seed) if model is None else model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    g, dev, losses = torch.Generator().manual_seed(seed), _model_device(model), []
+    g, dev, losses = torch.Generator().manual_seed(seed), model_device(model), []
     model.train()
     try:
         bar = tqdm(range(steps), desc="train IOI", disable=not progress)

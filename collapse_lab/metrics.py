@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import check_hook, hook_name, model_device
-from .hooks import attach, capture, check_read
+from .core import hook_name, model_device
+from .hooks import capture
 
 # %% auto #0
 __all__ = ['ENTROPY_NORMS', 'token_entropy', 'action_distribution', 'action_entropy', 'non_action_mass', 'attention_entropy',

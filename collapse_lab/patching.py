@@ -4,8 +4,7 @@
 
 # %% ../nbs/04_patching.ipynb #1dec7121
 from __future__ import annotations
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -306,7 +305,7 @@ def das(
         lin = torch.nn.utils.parametrizations.orthogonal(torch.nn.Linear(d, rank, bias=False))
     lin = lin.to(dev)
     opt = torch.optim.Adam(lin.parameters(), lr=lr)
-    state, batch, losses = {}, {}, []
+    batch, losses = {}, []
     def patch(act, hook):          # SubspacePatch's formula, with a learnable Q (the orthonormal rows of lin.weight)
         return patch_span(act, batch["src"], lin.weight.T.to(act.dtype), hook_, positions)
     hook_ = hook

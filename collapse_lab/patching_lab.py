@@ -51,7 +51,7 @@ class PatchingLab(Panel):
                  labels:Tensor|None=None,  # [n] 0/1 class of each base prompt (enables "mean difference")
                  saved:dict|None=None,     # name -> basis [k, d] (or [d]), or a file from `save_subspace`, offered as "saved: name"
                  kinds=("resid_pre", "resid_post", "mlp_post"),  # hook kinds offered
-                 decode=None,              # ids -> text, for the pair picker and position labels
+                 decode=None,              # ids -> text, for the pair picker and position labels (default: the model's tokenizer, else the ids)
                  das_steps:int=100,        # DAS steps when "DAS" is chosen
                  n_show:int=20):           # pairs offered in the picker
         base, source = as_prompts(model, base).tokens, as_prompts(model, source).tokens   # refuses a padded tensor without a mask
@@ -68,11 +68,12 @@ class PatchingLab(Panel):
         self.answer, self.counterfactual = torch.as_tensor(answer), torch.as_tensor(counterfactual)
         self.saved = {k: load_subspace(v)[0] if isinstance(v, (str, Path)) else v for k, v in (saved or {}).items()}
         self.labels, self.das_steps = labels, das_steps
-        self.decode = decode or (lambda ids: " ".join(str(int(i)) for i in ids))
+        tok = getattr(model, "tokenizer", None)
+        self.decode = decode or (tok.decode if tok is not None else (lambda ids: " ".join(str(int(i)) for i in ids)))
         self._cache, self.result = {}, {}
         n_layers, n_pos = model.cfg.n_layers, base.shape[1]
-        words = self.decode(base[0]).split()
-        pos_labels = words if len(words) == n_pos else [str(p) for p in range(n_pos)]
+        words = [self.decode(base[0][p:p + 1]).strip() or str(p) for p in range(n_pos)]   # one label per token
+        pos_labels = words if all(words) else [str(p) for p in range(n_pos)]
         self.pair = W.Dropdown(options=[(f"{i}: {self.decode(base[i])}  <-  {self.decode(source[i])}", i)
                                         for i in range(min(n_show, len(base)))], description="pair",
                                  layout=W.Layout(width="760px"))
@@ -124,7 +125,7 @@ class PatchingLab(Panel):
 
     def _basis(self, i:int)->Tensor|None:
         "The [k, d] basis chosen by the subspace and component dropdowns (None = the whole activation)."
-        kind, layer, pos, hook = self.kind.value, self.layer.value, self.position.value, self.hook
+        pos, hook = self.position.value, self.hook
         d = hook_shape(self.model, hook)[-1]
         sub = self.subspace.value
         if sub == "full": v = None
@@ -247,9 +248,9 @@ class PatchingLab(Panel):
             vals = [r["base"], r["full"], r["subspace"]]
             ax.bar(names, vals, color=["#888", "#4477aa", "#cc6677"], label=["base", "whole activation", self.subspace.value])
             ax.axhline(0, color="black", lw=0.8)
-            ax.set_ylabel("logit(answer) - logit(counterfactual)"); ax.set_xlabel("patch")
+            ax.set_ylabel("logit(answer) - logit(counterfactual)")   # the bars' names say which patch
             ax.set_title(f"{r['hook']} @ {r['position']}", fontsize=9)
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3, frameon=False)
+            ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
             fig.tight_layout()
             from IPython.display import display
             display(fig); plt.close(fig)

@@ -5,7 +5,6 @@
 # %% ../nbs/00b_prompts.ipynb #21a3789a
 from __future__ import annotations
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor

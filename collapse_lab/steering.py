@@ -4,18 +4,16 @@
 
 # %% ../nbs/03_steering.ipynb #9a849557
 from __future__ import annotations
-import hashlib, json, os, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from safetensors.torch import save as _st_save, load as _st_load
 
 from .storage import save_tensors, load_tensors, library_version
-from .core import check_hook, hook_shape, _model_device
+from .core import check_hook
+from .hooks import hook_shape
 from .interventions import Steer, activations
 from .prompts import prompt_list
 
@@ -143,12 +141,13 @@ def east_vector(
     hook:str,                    # hook to read (and later steer) at, e.g. "blocks.1.hook_resid_post"
     position:int=-1,             # position read in every prompt (the one that predicts the action)
     center:bool=True,            # subtract the mean activation (over all prompts, or within each group)
-    groups=None,                 # optional [n] group label per prompt (e.g. step index): centre per group
+    groups=None,                 # None: centre on all prompts (the paper); [n] labels, e.g. step: per group (a variant)
     normalize:str|None=None,     # None, "unit", or "mean_norm" (norm = mean activation norm)
     batch_size:int=64,           # prompts per forward pass
     progress:bool=True,          # show a progress bar
 )->SteeringVector:
-    "EAST vector (Rahn et al., 2024): u = sum_t H_t (x_t - xbar) / sum_t H_t, xbar the (group) mean activation."
+    """EAST vector (Rahn et al., 2024): u = sum_t H_t (x_t - xbar) / sum_t H_t, x_t read at `position` (the paper: the
+    last token of the prompt), xbar the mean over all prompts (the paper's form) or, with `groups`, per group (a variant)."""
     H = torch.as_tensor(entropies, dtype=torch.float32).flatten()
     if not torch.isfinite(H).all() or (H < 0).any():
         raise ValueError("entropies must be finite and non-negative (nats); got "
@@ -168,7 +167,9 @@ def east_vector(
     u = H @ X / H.sum()
     u = normalize_vector(u, normalize, ref)
     return SteeringVector(u, hook, _record(model, hook, "east", normalize, n, ref, position=position, center=center,
-                                           grouped=groups is not None, mean_entropy=H.mean().item()))
+                                           grouped=groups is not None,
+                                           centring="per group (variant)" if groups is not None else "all prompts (paper)" if center else "none",
+                                           mean_entropy=H.mean().item()))
 
 # %% ../nbs/03_steering.ipynb #3d04db33
 _KEY = "vector"

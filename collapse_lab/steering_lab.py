@@ -10,7 +10,9 @@ import torch
 from torch import Tensor
 import ipywidgets as W
 
-from .core import check_hook, hook_shape, _model_device
+from .core import model_device
+from .panel import Panel
+from .hooks import hook_shape
 from .prompts import prompt_list
 from .interventions import Steer, run
 from .generation import generate
@@ -39,9 +41,10 @@ def _one_prompt(model, p)->Tensor:
         raise ValueError(f"prompt must be one sequence (a string, token ids [pos] or [1, pos]), got {len(rows)} prompts.")
     return rows[0][None]
 
-class SteeringLab:
+class SteeringLab(Panel):
     """Widget: slide the coefficient of `vector` at `hook` and see the next-action distribution and entropy; play an
     episode (bandit mode), or see the continuation the model writes at that coefficient (text mode)."""
+    css = "cl-steering"
     def __init__(self,
                  model,                     # a TransformerBridge (the agent, or a text model)
                  hook:str|None,             # hook to steer at (None: the `SteeringVector`'s own hook)
@@ -58,13 +61,19 @@ class SteeringLab:
                  max_new_tokens:int=20,     # text mode: new tokens per continuation
                  greedy:bool=True,          # text mode: greedy continuation (False: sampled with `seed`)
                  seed:int=0,                # text mode: the sampling seed (the same seed at every coefficient)
-                 release_s:float=0.3):      # text mode: no slider move for this long counts as the slider's release
+                 release_s:float=0.3,       # text mode: no slider move for this long counts as the slider's release
+                 thought=None):             # a `ThoughtRendering`: the prompt ends with THINK; show the thought written at
+                                            # the coefficient and the action distribution read after it
         if isinstance(vector, SteeringVector): hook, vector = hook or vector.hook, vector.vector
         if hook is None: raise ValueError("hook is None: pass a hook name or a SteeringVector that records one.")
         self.model, self.vector = model, torch.as_tensor(vector, dtype=torch.float32)
         Steer(hook, self.vector).validate(model)          # hook exists and widths match: fail now, not in the panel
         lo, hi = float(coef_range[0]), float(coef_range[1])
-        if not lo < hi: raise ValueError(f"coef_range={coef_range} must be (low, high) with low < high.")
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"coef_range={coef_range} must be (low, high), finite, with low < high.")
+        if not (isinstance(coef, (int, float)) and lo <= coef <= hi):   # the slider would clamp it silently
+            raise ValueError(f"coef={coef!r} is outside coef_range [{lo:g}, {hi:g}]: pass a starting coefficient in the "
+                             "range, or widen coef_range.")
         self.env, self.rendering, self.top_k = None, rendering, top_k
         if isinstance(prompt_or_env, Bandits):
             if text: raise ValueError("text mode continues a prompt: pass a string (or token ids), not a `Bandits` env; "
@@ -80,9 +89,17 @@ class SteeringLab:
             self.tokens = _one_prompt(model, prompt_or_env)
             self.action_tokens = None if action_tokens is None else list(action_tokens)
             self.labels = None if self.action_tokens is None else [self._tok(i) for i in self.action_tokens]
-        self.tokens = self.tokens.to(_model_device(model))
+        self.tokens = self.tokens.to(model_device(model))
         self.text_mode = (isinstance(prompt_or_env, str) and getattr(model, "tokenizer", None) is not None
                           if text is None else bool(text) and self.env is None)
+        self.thought = thought
+        if thought is not None:      # a thinking agent: the continuation is its thought, the bars its action after it
+            if self.env is not None: raise ValueError("thought= needs a prompt ending with THINK (see `think_prompts`), not a `Bandits` env.")
+            if int(self.tokens[0, -1]) != thought.THINK:
+                raise ValueError(f"with thought=, the prompt must end with the THINK token {thought.THINK}; it ends with {int(self.tokens[0, -1])}.")
+            self.text_mode, max_new_tokens = True, thought.thought_len
+            if self.action_tokens is None: self.action_tokens = list(thought.action_tokens)
+            self.labels = [f"arm {chr(ord('A') + i)}" for i in range(len(self.action_tokens))]
         self._steps_default = steps or (self.env.horizon if self.env is not None else 20)
 
         self.coef = W.FloatSlider(value=coef, min=lo, max=hi, step=(hi - lo) / 200, description="coefficient",
@@ -105,12 +122,11 @@ class SteeringLab:
         self.seed = W.IntText(value=seed, description="seed", layout=W.Layout(width="140px"), disabled=greedy)
         self.generate_button = W.Button(description="generate", tooltip="continue the prompt at the current coefficient")
         self.continuation, self.baseline = W.HTML(), W.HTML()
-        for w, c in ((self.coef, "coef"), (self.coef_text, "coef-text"), (self.hook, "hook"), (self.position, "position"),
+        self._tag(((self.coef, "coef"), (self.coef_text, "coef-text"), (self.hook, "hook"), (self.position, "position"),
                      (self.steps, "steps"), (self.play_button, "play"), (self.plot, "plot"), (self.entropy, "entropy"),
                      (self.error, "error"), (self.status, "status"), (self.episode, "episode"),
                      (self.max_new, "max-new"), (self.sampling, "sampling"), (self.seed, "seed"),
-                     (self.generate_button, "generate"), (self.continuation, "continuation"), (self.baseline, "baseline")):
-            w.add_class(f"cl-steering-{c}")
+                     (self.generate_button, "generate"), (self.continuation, "continuation"), (self.baseline, "baseline")))
         self.coef.observe(self._on_slider, "value")
         self.coef_text.observe(self._on_text, "value")
         for w in (self.hook, self.position): w.observe(self._on_setting, "value")
@@ -151,8 +167,6 @@ class SteeringLab:
         "The `Steer` the panel currently applies."
         return Steer(self.hook.value, self.vector, coef=float(self.coef.value), positions=_POSITIONS[self.position.value])
 
-    def _fail(self, msg:str):
-        self.error.value = f"<span style='color:#b00'>&#9888; {html.escape(msg)}</span>"
 
     def _on_slider(self, change):
         self._quiet_text = True
@@ -188,7 +202,14 @@ class SteeringLab:
         t0 = time.perf_counter()
         self.error.value = ""
         try:
-            with torch.no_grad(): logits = run(self.model, self.tokens, self.steer())[0, -1].float().cpu()
+            toks = self.tokens
+            if self.thought is not None and self.generation is not None:   # read the action after the thought written
+                toks = torch.cat([toks, self.generation.tokens[:, :self.thought.thought_len].to(toks.device)], 1)
+            with torch.no_grad(): logits = run(self.model, toks, self.steer())[0, -1].float().cpu()
+            if not torch.isfinite(logits).all():
+                raise ValueError(f"the steered logits are not finite at coefficient {self.coef.value:g} (the steered "
+                                 f"activation overflows {str(next(self.model.parameters()).dtype).removeprefix('torch.')}); "
+                                 "use a smaller coefficient or a narrower coef_range.")
             if self.action_tokens is not None:
                 p = action_distribution(logits, self.action_tokens)
                 na = non_action_mass(logits, self.action_tokens).item()
@@ -210,7 +231,7 @@ class SteeringLab:
             f"<span style='width:90px;font-family:monospace;font-size:12px'>{html.escape(str(l))}</span>"
             f"<span style='display:inline-block;height:14px;width:{max(1, 260 * float(q)):.0f}px;background:#4477aa'></span>"
             f"<span style='margin-left:6px;font-size:12px'>{float(q):.3f}</span></div>" for l, q in zip(labels, p))
-        what = ("next-action" if self.action_tokens is not None else
+        what = ("action after the thought" if self.thought is not None else "next-action" if self.action_tokens is not None else
                 f"first new token: top-{len(p)}" if self.text_mode else f"top-{len(p)} next-token")
         self.plot.value = (f"<div style='width:420px'><b>{what} probability</b> (x: probability, y: "
                            f"{'action' if self.action_tokens is not None else 'token'})<br>{rows}</div>")
@@ -272,10 +293,12 @@ class SteeringLab:
             self.gen_timings.append(time.perf_counter() - t0)
             self._label, self._stale = f"steered (coefficient {c:.2f})", False
             self._show(self.continuation, self._label, self.generation)
+            if self.thought is not None: self.update()      # the bars follow the new thought
         except Exception as e:       # never a traceback in the panel
             self._fail(f"{type(e).__name__}: {e}")
 
     def _text(self, g)->str:
+        if self.thought is not None: return self.thought.decode(g.tokens[0, :self.thought.thought_len])
         return g.text[0] if g.text is not None else " ".join(map(str, g.tokens[0, :int(g.lengths[0])].tolist()))
 
     def _show(self, w, label:str, g, stale:bool=False):
@@ -329,7 +352,3 @@ class SteeringLab:
             a2.set_title("entropy over the episode", fontsize=9)
             fig.tight_layout(); display(fig); plt.close(fig)
         self.episode_fig = fig
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_training.ipynb #44d45375
 from __future__ import annotations
-import contextlib, math, os, random, threading
+import contextlib, math, random, threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence

@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import torch
-import matplotlib
 import matplotlib.pyplot as plt
 
 # %% auto #0

@@ -35,6 +35,9 @@ def _text(x)->str: return "".join(x) if isinstance(x, list) else x
 
 _DIRECTIVE = re.compile(r"^#\|.*\n?", re.M)
 
+_slug = lambda s: re.sub(r"[^\w\- ]", "", s.strip().lower()).replace(" ", "-")   # MyST's heading anchor
+FALLBACK = {}   # anchor of a method ("steeringvectorsteer") -> anchor of its class ("steeringvector")
+
 def _link_rewriter(cfg, depth:int):
     """Rewrite nbdev's absolute doc links (doc_host + doc_baseurl + page.html#name) into links to this site's
     API notebooks, which Sphinx resolves (and checks) like any other cross-reference."""
@@ -43,9 +46,31 @@ def _link_rewriter(cfg, depth:int):
     def sub(m):
         text, page, anchor = m.group(1), m.group(2), (m.group(3) or "")[1:]
         if anchor.startswith("_"): return text                # private helpers have no entry: no link
-        anchor = anchor and "#" + re.sub(r"[^\w\- ]", "", anchor.lower()).replace(" ", "-")   # MyST's heading slug
+        if "." in anchor: FALLBACK[_slug(anchor)] = _slug(anchor.split(".")[0])
+        anchor = anchor and "#" + _slug(anchor)
         return f"{text}({up}api/{page}.ipynb{anchor})"
     return lambda s: re.sub(r"(\[[^\]]*\])\(" + re.escape(base) + r"([\w\-]+)\.html(#[^)\s]*)?\)", sub, s)
+
+def _fix_anchors(src_dir:Path):
+    """Point links to entries that have no heading of their own (a method documented with its class: nbdev links
+    `SteeringVector.steer` to #steeringvectorsteer) at the class's entry, or else at the page: no broken anchors."""
+    from execnb.nbio import read_nb, write_nb
+    pages = {p: read_nb(p) for p in src_dir.rglob("*.ipynb")}
+    anchors = {p.stem: {_slug(h) for c in nb.cells if c.cell_type == "markdown"
+                        for h in re.findall(r"^#{1,3}\s+(.+?)\s*$", c.source, re.M)}
+               for p, nb in pages.items() if p.parent.name == "api"}
+    def sub(m):
+        page, anchor = m.group(2), m.group(3)
+        if page not in anchors or anchor in anchors[page]: return m.group(0)
+        fb = FALLBACK.get(anchor)
+        return m.group(1) + (f"#{fb})" if fb in anchors[page] else ")")
+    for p, nb in pages.items():
+        changed = False
+        for c in nb.cells:
+            if c.cell_type != "markdown": continue
+            new = re.sub(r"(\((?:\.\./)*api/([\w\-]+)\.ipynb)#([\w\-]+)\)", sub, c.source)
+            if new != c.source: c.source, changed = new, True
+        if changed: write_nb(nb, p)
 
 WARNINGS = []
 
@@ -134,15 +159,26 @@ def stage(src_dir:Path)->dict:
     write_nb(idx, src_dir/"index.ipynb")
     imgs = nbs/"images"
     if imgs.exists(): shutil.copytree(imgs, src_dir/"images")
+    _fix_anchors(src_dir)
     return dict(api=api, tutorials=tutorials)
 
 def build(out:Path, src_dir:Path)->dict:
+    for name, d in (("--out", out), ("--src", src_dir)):       # both are replaced wholesale
+        if d == ROOT or ROOT.is_relative_to(d) or d in (ROOT/"nbs", DOCS):
+            sys.exit(f"{name} {d} would replace the repository or its sources: pass a folder of its own, e.g. _docs.")
     t0 = time.time()
     info = stage(src_dir)
     t1 = time.time()
-    r = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-c", str(DOCS), str(src_dir), str(out)],
+    # Sphinx writes into a folder beside the staged sources: myst-nb puts its `jupyter_execute/` next to the output
+    # folder, which must not be the repository (the site then moves to `out`).
+    html = src_dir.parent/f"{src_dir.name}_html"
+    if html.exists(): shutil.rmtree(html)
+    r = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-c", str(DOCS), str(src_dir), str(html)],
                        cwd=ROOT)
     if r.returncode: sys.exit(f"sphinx-build failed ({r.returncode})")
+    if out.exists(): shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(html), str(out))
     for w in WARNINGS: print("docs warning:", w)
     print(f"docs: {len(info['api'])} API pages, {len(info['tutorials'])} tutorials -> {out}/index.html "
           f"(processing {t1-t0:.1f} s, sphinx {time.time()-t1:.1f} s)")

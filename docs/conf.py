@@ -20,4 +20,5 @@ suppress_warnings = ["myst.header", "mystnb.unknown_mime_type", "misc.highlighti
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 html_theme = "furo"
 html_title = f"{project} {version}"
-html_static_path = []
+html_static_path = ["_static"]            # docs/_static, beside this file
+html_css_files = ["collapse_lab.css"]     # long code lines wrap instead of running past the column

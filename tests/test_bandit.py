@@ -70,3 +70,18 @@ def test_training_reaches_low_kl_and_collapses_entropy():
     m = episode_metrics(play(model, Bandits(128, 3, 8, seed=5)))
     ref = episode_metrics(play_policy(Bandits(128, 3, 8, seed=5)))
     assert abs(m["entropy"] - ref["entropy"]) < 0.25, (m, ref)
+
+def test_thinking_agent_plays_gaussian_arms_and_leaves_no_hooks():
+    "The thinking agent reads Gaussian rewards by their sign; a steered episode removes its hooks; the same seed replays."
+    from collapse_lab.bandit import ThoughtRendering, play_thinking, thought_metrics
+    r = ThoughtRendering(3)
+    m = cl.tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=r.d_vocab, n_ctx=r.n_ctx(3), seed=0)
+    b = lambda: Bandits(4, 3, 3, kind="gaussian", seed=1)
+    steer = cl.Steer("blocks.0.hook_resid_post", torch.randn(16), coef=2.)
+    ep = play_thinking(m, b(), steer, rendering=r, seed=2)
+    assert _no_hooks(m)
+    rt = ep.tokens[:, 1:].reshape(4, 3, r.block)[..., -1]
+    assert torch.equal(rt == r.reward_tokens[1], ep.rewards > 0)
+    again = play_thinking(m, b(), steer, rendering=r, seed=2)
+    assert torch.equal(ep.tokens, again.tokens)
+    assert 0 <= thought_metrics(ep, r)["well_formed"] <= 1

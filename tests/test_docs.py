@@ -26,11 +26,16 @@ def site(tmp_path_factory):
     pytest.importorskip("sphinx"); pytest.importorskip("myst_nb")
     d = tmp_path_factory.mktemp("docs")
     t0 = time.time()
-    r = subprocess.run([sys.executable, str(ROOT/"docs"/"build.py"), "--out", str(d/"html"), "--src", str(d/"src")],
+    # the repository's own layout (`make docs`: _docs/ and _proc/sphinx/), in a folder of its own
+    r = subprocess.run([sys.executable, str(ROOT/"docs"/"build.py"), "--out", str(d/"_docs"), "--src", str(d/"_proc"/"sphinx")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     print(f"\n[docs] build took {time.time()-t0:.1f} s\n{r.stdout[-2000:]}")
     assert r.returncode == 0, f"docs build failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    return d/"html"
+    warnings = [l for l in r.stderr.splitlines() if "WARNING" in l]
+    assert not warnings, "Sphinx warns:\n" + "\n".join(warnings[:20])
+    left = sorted(p.name for p in d.iterdir() if p.name not in ("_docs", "_proc"))
+    assert not left, f"the docs build left {left} beside _docs/ (in the repository it would be untracked litter)"
+    return d/"_docs"
 
 @pytest.mark.parametrize("module,page", _modules())
 def test_api_page_lists_public_functions_with_docments(site, module, page):
@@ -83,3 +88,40 @@ def test_readme_is_rendered_from_index_and_its_links_work(tmp_path):
     assert not missing, f"README.md links to files that do not exist: {missing}"
     for t in links:
         if t.endswith(".png"): assert (ROOT/t).stat().st_size < 300_000, f"{t} is large for a README picture"
+
+
+def test_stored_outputs_are_shown(tmp_path):
+    """A notebook that carries outputs (a tutorial after `make tutorials`) shows them on its page, as they are: a
+    figure, printed text and a table, without running anything; an error output is left out."""
+    pytest.importorskip("sphinx"); pytest.importorskip("myst_nb")
+    import base64, io
+    import matplotlib; matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+    sys.path.insert(0, str(ROOT/"docs"))
+    import build
+    from nbdev.config import get_config
+    fig, ax = plt.subplots(figsize=(2, 1.5)); ax.plot([0, 1], [1, 0]); buf = io.BytesIO(); fig.savefig(buf, format="png"); plt.close(fig)
+    png = base64.b64encode(buf.getvalue()).decode()
+    code = lambda i, src, outs: {"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": outs, "source": src}
+    nb = {"cells": [{"cell_type": "markdown", "id": "m", "metadata": {}, "source": "# Stored outputs\n\nA figure:"},
+                    code(0, "print(6 * 7)", [{"output_type": "stream", "name": "stdout", "text": "the answer is 42\n"}]),
+                    code(1, "plt.plot([0, 1], [1, 0])", [{"output_type": "display_data", "metadata": {},
+                          "data": {"image/png": png, "text/plain": "<Figure size 200x150 with 1 Axes>"}}]),
+                    code(2, "df", [{"output_type": "execute_result", "execution_count": 3, "metadata": {},
+                          "data": {"text/html": "<table><tr><td>cell 7.25</td></tr></table>", "text/plain": "7.25"}}]),
+                    code(3, "1/0", [{"output_type": "error", "ename": "ZeroDivisionError", "evalue": "division by zero", "traceback": []}])],
+          "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path/"nbs").mkdir(); (tmp_path/"nbs"/"stored.ipynb").write_text(json.dumps(nb))
+    src = tmp_path/"src"
+    build.process(tmp_path/"nbs"/"stored.ipynb", src/"stored.ipynb", 0, get_config())
+    (src/"index.md").write_text("# Site\n\n```{toctree}\nstored\n```\n")
+    r = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-c", str(ROOT/"docs"), str(src), str(tmp_path/"site"/"html")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    page = (tmp_path/"site"/"html"/"stored.html").read_text()
+    imgs = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    assert imgs and all((tmp_path/"site"/"html"/i).is_file() for i in imgs), f"the stored figure is not on the page: {imgs}"
+    text = _text(tmp_path/"site"/"html"/"stored.html")
+    assert "the answer is 42" in text and "cell 7.25" in text
+    assert "ZeroDivisionError" not in text
