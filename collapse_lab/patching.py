@@ -71,6 +71,13 @@ class Decomposition:
         return (f"Decomposition(|rowspace|={self.rowspace_norm.tolist()}, |nullspace|={self.nullspace_norm.tolist()}, "
                 f"rank W={self.rank} of {self.width}" + (": the nullspace is empty)" if self.nullspace_empty else ")"))
 
+    def _repr_html_(self):
+        import pandas as pd
+        t = pd.DataFrame({"|rowspace|": self.rowspace_norm.reshape(-1).tolist(), "|nullspace|": self.nullspace_norm.reshape(-1).tolist(),
+                          "rowspace share of |v|²": self.rowspace_fraction.reshape(-1).tolist()})
+        head = f"<b>Decomposition</b> against a map of rank {self.rank} on a {self.width}-wide activation"
+        return head + (" (<i>the nullspace is empty</i>)" if self.nullspace_empty else "") + t.to_html(float_format="%.3f")
+
 def _column_basis(W:Tensor, rtol:float=1e-6)->tuple[Tensor, int]:
     "Orthonormal basis [d, rank] of the column space of W [d, m] (via W W^T when W is wide: W_U has 50k columns)."
     Wd = W.detach().double().cpu()
@@ -257,14 +264,24 @@ class DASResult:
     def plot_loss(self, ax=None):
         "The training loss against the step."
         import matplotlib.pyplot as plt
-        ax = ax or plt.subplots(figsize=(5, 3))[1]
-        ax.plot(self.losses, label=f"DAS rank {len(self.basis)} at {self.hook}")
-        ax.set_xlabel("step"); ax.set_ylabel("cross-entropy to counterfactual"); ax.set_title("DAS training loss")
-        ax.legend()
+        ax = ax or plt.subplots(figsize=(5, 3), layout="constrained")[1]
+        loss = torch.tensor(self.losses, dtype=torch.float64)
+        w = max(1, len(loss) // 20)                       # moving average over 5% of the run
+        smooth = loss.unfold(0, w, 1).mean(1) if len(loss) >= w else loss
+        ax.plot(loss.tolist(), color="0.8", lw=0.8, label="per step")
+        ax.plot(range(w - 1, w - 1 + len(smooth)), smooth.tolist(), color="C0", label=f"mean of {w} steps")
+        ax.set_xlabel("step"); ax.set_ylabel("cross-entropy to counterfactual")
+        ax.set_title(f"DAS rank {len(self.basis)} at {self.hook}", fontsize=10); ax.legend(fontsize=9)
         return ax
 
     def __repr__(self):
         return f"DASResult(rank={len(self.basis)}, hook={self.hook!r}, positions={list(self.positions)}, loss {self.losses[0]:.3f} -> {self.losses[-1]:.3f})"
+
+    def _repr_html_(self):
+        k = max(1, len(self.losses) // 10)
+        first, last = sum(self.losses[:k]) / k, sum(self.losses[-k:]) / k
+        return (f"<b>DASResult</b>: rank {len(self.basis)} at <code>{self.hook}</code>, positions {list(self.positions)}; "
+                f"{len(self.losses)} steps, cross-entropy {first:.3f} (first {k}) &rarr; {last:.3f} (last {k})")
 
 def _check_pairs(base:Prompts, source:Prompts, answers):
     if len(base) != len(source):
@@ -489,6 +506,13 @@ class PatchingSweep:
         return ax
 
     def __repr__(self): return f"PatchingSweep({self.kind}, {len(self.layers)} layers x {len(self.columns)} {self.column_name}s, base LD {self.base_ld:.3f})"
+
+    def _repr_html_(self):
+        import pandas as pd
+        t = pd.DataFrame(self.effect.numpy(), index=[f"layer {l}" for l in self.layers],
+                         columns=[f"{self.column_name} {c}" for c in self.columns])
+        return (f"<b>PatchingSweep</b> of <code>{self.kind}</code>: fraction of the logit difference ({self.base_ld:.3f}) "
+                "removed by a full patch at each site" + t.to_html(float_format=lambda x: f"{x:.2f}".replace("-0.00", "0.00")))
 
 def patching_sweep(
     model,                  # a TransformerBridge
