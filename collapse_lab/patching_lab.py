@@ -83,10 +83,10 @@ class PatchingLab(Panel):
         subs = [s for s in _SUBSPACES if s != "mean difference" or labels is not None] + [f"saved: {k}" for k in self.saved]
         self.subspace = W.Dropdown(options=subs, description="subspace")
         self.component = W.Dropdown(options=list(_COMPONENTS), description="component")
-        self.train = W.Button(description="train DAS", tooltip="DAS at this site (needed for subspace = DAS)")
+        self.train_button = W.Button(description="train DAS", tooltip="train DAS at this site and show its subspace")
         self.bars, self.error, self.status, self.components = W.Output(), W.HTML(), W.HTML(), W.HTML()
         self._tag(((self.pair, "pair"), (self.kind, "hook"), (self.layer, "layer"), (self.position, "position"),
-                     (self.subspace, "subspace"), (self.component, "component"), (self.train, "train"),
+                     (self.subspace, "subspace"), (self.component, "component"), (self.train_button, "train"),
                      (self.bars, "bars"), (self.error, "error"), (self.status, "status"), (self.components, "components")))
         self.cells = [[W.Button(description="", layout=W.Layout(width="44px", height="26px", padding="0"))
                        for _ in range(n_pos)] for _ in range(n_layers)]
@@ -100,9 +100,9 @@ class PatchingLab(Panel):
         self.heatmap.add_class("cl-patching-heatmap")
         for w in (self.pair, self.kind): w.observe(lambda _: self.refresh(heatmap=True), "value")
         for w in (self.layer, self.position, self.subspace, self.component): w.observe(lambda _: self.refresh(), "value")
-        self.train.on_click(lambda _: self.refresh(train=True))
+        self.train_button.on_click(lambda _: self.train_das())
         self.widget = W.VBox([W.HBox([self.pair]), W.HBox([self.kind, self.layer, self.position]),
-                              W.HBox([self.subspace, self.component, self.train]), self.error, self.status, self.components,
+                              W.HBox([self.subspace, self.component, self.train_button]), self.error, self.status, self.components,
                               W.HBox([self.bars, W.VBox([W.HTML("<b>full patch at each site</b>: fraction of the pair's logit "
                                                                 "difference removed (click a cell to select it)"), self.heatmap])])])
         self.widget.add_class("cl-patching-lab")
@@ -122,6 +122,13 @@ class PatchingLab(Panel):
             finally: self._quiet = False
         self.refresh()
 
+
+    def train_das(self):
+        "Train DAS at the selected site (once per site) and show it: the subspace dropdown moves to DAS."
+        self._quiet = True
+        try: self.subspace.value = "DAS"
+        finally: self._quiet = False
+        self.refresh(train=True)
 
     def _basis(self, i:int)->Tensor|None:
         "The [k, d] basis chosen by the subspace and component dropdowns (None = the whole activation)."

@@ -27,7 +27,7 @@ def test_css_classes(lab):
     lab, _ = lab
     for w, c in ((lab.pair, "pair"), (lab.kind, "hook"), (lab.layer, "layer"), (lab.position, "position"),
                  (lab.subspace, "subspace"), (lab.component, "component"), (lab.bars, "bars"), (lab.heatmap, "heatmap"),
-                 (lab.error, "error"), (lab.train, "train"), (lab.widget, "lab")):
+                 (lab.error, "error"), (lab.train_button, "train"), (lab.widget, "lab")):
         assert f"cl-patching-{c}" in w._dom_classes
     assert all("cl-patching-cell" in b._dom_classes for row in lab.cells for b in row)
 
@@ -83,8 +83,9 @@ def test_errors_show_in_panel_not_raised(lab):
 
 def test_train_das_button(lab):
     lab, p = lab
-    lab.select(0, S2_POS); lab.subspace.value = "DAS"
-    lab.train.click()
+    lab.select(0, S2_POS); lab.subspace.value = "mean difference"
+    lab.train_button.click()                  # from any subspace: trains, then shows DAS
+    assert lab.subspace.value == "DAS" and "DAS" in lab.status.value
     assert lab.error.value == "" and lab.result["rank"] == 1
     basis = lab._cache[("das", "blocks.0.hook_resid_post", S2_POS)]
     assert abs(lab.result["subspace"] - _ld(lab, p, lab.pair.value, basis, "blocks.0.hook_resid_post", S2_POS)) < 1e-4
