@@ -48,7 +48,7 @@ def _curves_png(hist, window, steps:int, every:int)->bytes:
     a1.axhline(math.log(2), color="0.5", ls=":", lw=1, label="ln 2")
     a1.set_ylabel("loss"); a1.set_title("Loss")
     a2.set_ylabel("induction strength"); a2.set_title("Induction strength, layer-1 heads (blocks.1)")
-    a1.legend(fontsize=7, loc="upper right"); a2.legend(fontsize=6, loc="upper left", ncol=2)
+    a1.legend(fontsize=9, loc="upper right"); a2.legend(fontsize=9, loc="upper left", ncol=2)
     fig.tight_layout()
     buf = io.BytesIO(); fig.savefig(buf, format="png"); return buf.getvalue()
 
