@@ -177,6 +177,11 @@ def test_patching_lab(lab_server, lab_page):
     assert chosen.startswith("3:"), f"the position dropdown shows {chosen!r} after clicking position 3"
     assert status.inner_text() != text0
     _shot(page, root, "patching_lab_2_cell_0_3")
+    # back to a site that carries the pair's variable (the last position), where the subspace choices below differ
+    last = root.locator(".cl-patching-position select option").count() - 1
+    root.locator(f".cl-patching-cell-0-{last}").first.click()
+    bs.wait_text(page, status, rf"position {last}\b")
+    key = bs.wait_plot_change(page, bars, key)
     # the subspace dropdown: mean difference is a rank-1 subspace
     root.locator(".cl-patching-subspace select").first.select_option(label="mean difference")
     bs.wait_text(page, status, r"mean difference.*rank 1")

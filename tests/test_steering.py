@@ -1,7 +1,7 @@
 "Fault injection and streaming checks for `collapse_lab.steering` (what a notebook cell should not hold)."
 import os, torch, pytest
 import collapse_lab as cl
-from collapse_lab import steering
+from collapse_lab import steering, storage
 from collapse_lab.steering import save_vector, load_vector, east_vector, gather_activations
 
 HOOK = "blocks.1.hook_resid_post"
@@ -25,7 +25,7 @@ def test_flipped_data_byte_fails_checksum(tmp_path):
 def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     p = save_vector(tmp_path/"v.safetensors", torch.ones(32), {"hook": HOOK})
     def boom(*a, **k): raise OSError("disk full")
-    monkeypatch.setattr(steering.os, "replace", boom)
+    monkeypatch.setattr(storage.os, "replace", boom)   # every collapse_lab file is written by storage.write_atomic
     with pytest.raises(OSError): save_vector(p, torch.zeros(32), {"hook": HOOK})
     monkeypatch.undo()
     torch.testing.assert_close(load_vector(p)[0], torch.ones(32))
