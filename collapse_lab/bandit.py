@@ -350,19 +350,26 @@ def train_agent(
     torch.manual_seed(seed)
     model = tiny_model(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=r.d_vocab, n_ctx=r.n_ctx(horizon), seed=seed, device=device)
     dev = next(model.parameters()).device
+    def loss_at(s):
+        toks, tgt = policy_data(Bandits(batch, k, horizon, seed=seed * 100003 + s), policy, seed=s, **(policy_kw or {}))
+        return imitation_loss(model(toks.to(dev)), tgt.to(dev), r.action_tokens)
+    losses = _fit(model, steps, lr, loss_at, "train agent", "kl", progress)
+    return model.eval(), losses
+
+def _fit(model, steps:int, lr:float, loss_at, desc:str, shown:str, progress:bool)->list:
+    "The agents' training loop: AdamW, 20-step warm-up then cosine decay, gradients clipped at 1; `loss_at(step)` -> loss."
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1., (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train(); losses = []
-    bar = tqdm(range(steps), desc="train agent", disable=not progress)
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
     for s in bar:
-        toks, tgt = policy_data(Bandits(batch, k, horizon, seed=seed * 100003 + s), policy, seed=s, **(policy_kw or {}))
-        loss = imitation_loss(model(toks.to(dev)), tgt.to(dev), r.action_tokens)
+        loss = loss_at(s)
         opt.zero_grad(); loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(); sched.step()
         losses.append(loss.item())
-        if s % 25 == 0: bar.set_postfix(kl=f"{sum(losses[-25:]) / len(losses[-25:]):.3f}")
-    return model.eval(), losses
+        if s % 25 == 0: bar.set_postfix({shown: f"{sum(losses[-25:]) / len(losses[-25:]):.3f}"})
+    return losses
 
 # %% ../nbs/06a_bandit.ipynb #58b91280
 @dataclass
@@ -500,18 +507,10 @@ def train_thinking_agent(
     r = ThoughtRendering(k)
     torch.manual_seed(seed)
     model = tiny_model(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=r.d_vocab, n_ctx=r.n_ctx(horizon), seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1., (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    model.train(); losses = []
-    bar = tqdm(range(steps), desc="train thinking agent", disable=not progress)
-    for s in bar:
+    def loss_at(s):
         toks, pun = thinking_data(Bandits(batch, k, horizon, seed=seed * 100003 + s), r, eps0, seed=s)
-        loss = thought_loss(model(toks[:, :-1]), toks, pun, r)
-        opt.zero_grad(); loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); sched.step()
-        losses.append(loss.item())
-        if s % 25 == 0: bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.3f}")
+        return thought_loss(model(toks[:, :-1]), toks, pun, r)
+    losses = _fit(model, steps, lr, loss_at, "train thinking agent", "loss", progress)
     return model.eval(), losses
 
 # %% ../nbs/06a_bandit.ipynb #e130a03c
