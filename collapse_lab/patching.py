@@ -127,11 +127,17 @@ def fraction_recovered(
     patched:Tensor|float,   # metric after the patch (per prompt or its mean)
     base:Tensor|float,      # metric without a patch
     reference:Tensor|float, # metric under the reference patch (e.g. the full activation patch)
+    min_effect:float=0.01,  # a reference effect below this fraction of |base| gives NaN
 )->float:
-    "(patched - base) / (reference - base), on batch means: 1 = the whole reference effect, 0 = none."
+    """(patched - base) / (reference - base), on batch means: 1 = the whole reference effect, 0 = none.
+
+    NaN when the reference patch barely moves the metric (|reference - base| < `min_effect` |base|): a fraction of
+    almost nothing is not a measurement (a full patch that moves a logit difference of 10 by 0.01 would turn any
+    other patch's effect into a ratio in the hundreds)."""
     m = lambda x: float(torch.as_tensor(x, dtype=torch.float32).mean())
     den = m(reference) - m(base)
-    return float("nan") if den == 0 else (m(patched) - m(base)) / den
+    if den == 0 or abs(den) < min_effect * abs(m(base)): return float("nan")
+    return (m(patched) - m(base)) / den + 0.0   # + 0.0: no "-0.0"
 
 def interchange_accuracy(
     logits:Tensor,          # patched logits

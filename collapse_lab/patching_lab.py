@@ -15,7 +15,7 @@ from .core import hook_name, model_device
 from .panel import Panel
 from .hooks import hook_shape
 from .prompts import as_prompts, prompt_list
-from .patching import (decompose, downstream_map, das, mean_difference_direction, logit_diff, patched_logits,
+from .patching import (decompose, fraction_recovered, downstream_map, das, mean_difference_direction, logit_diff, patched_logits,
                                    load_subspace)
 from .interventions import activations
 
@@ -106,7 +106,7 @@ class PatchingLab(Panel):
                               W.HBox([self.bars, W.VBox([W.HTML("<b>full patch at each site</b>: fraction of the pair's logit "
                                                                 "difference removed (click a cell to select it)"), self.heatmap])])])
         self.widget.add_class("cl-patching-lab")
-        self.refresh(heatmap=True)
+        self.refresh(heatmap=True, to_peak=True)   # opens on the site where the full patch moves the first pair most
 
     @property
     def hook(self)->str: return hook_name(self.kind.value, self.layer.value, self.model)
@@ -171,8 +171,8 @@ class PatchingLab(Panel):
         if B.shape[0] == 0: raise ValueError(f"the {comp} component is empty at {hook} (W has rank {min(Wd.shape)} of {d}).")
         return B
 
-    def refresh(self, heatmap:bool=False, train:bool=False):
-        "Recompute the bars (and the heat map); errors are shown in the widget, not raised."
+    def refresh(self, heatmap:bool=False, train:bool=False, to_peak:bool=False):
+        "Recompute the bars (and the heat map, then select its largest effect if `to_peak`); errors are shown in the widget, not raised."
         if getattr(self, "_quiet", False): return
         self._train = train
         self.error.value = ""
@@ -181,6 +181,11 @@ class PatchingLab(Panel):
             b, s = self.base[i:i + 1], self.source[i:i + 1]
             a, c = self.answer[i:i + 1], self.counterfactual[i:i + 1]
             if heatmap: self._heatmap(b, s, a, c)
+            if heatmap and to_peak:
+                l, p = divmod(int(self.heat.argmax()), self.heat.shape[1])
+                self._quiet = True
+                try: self.layer.value, self.position.value = l, p
+                finally: self._quiet = False
             hook, pos = self.hook, self.position.value
             with torch.no_grad(): base_ld = logit_diff(self.model(b.to(model_device(self.model))).cpu(), a, c).item()
             full_ld = logit_diff(patched_logits(self.model, b, s, hook, None, [pos]), a, c).item()
@@ -213,7 +218,7 @@ class PatchingLab(Panel):
             except ValueError: B = None      # an empty component
             ld = base_ld if B is None else logit_diff(patched_logits(self.model, b, s, hook, B, [pos]), a, c).item()
             row = dict(logit_diff=ld, removed=(base_ld - ld) / base_ld if base_ld else float("nan"),
-                       of_full=(base_ld - ld) / (base_ld - full_ld) if base_ld != full_ld else float("nan"))
+                       of_full=fraction_recovered(ld, base_ld, full_ld))
             if u is not None:   # rank 1: <dh, v> = <dh, r> + <dh, n>, each part's share of the patched coordinate
                 part = u if comp == "whole" else (torch.zeros_like(u) if B is None else
                                                   tuple(decompose(u, downstream_weights(self.model, self.kind.value, self.layer.value)))[

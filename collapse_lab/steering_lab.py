@@ -344,11 +344,11 @@ class SteeringLab(Panel):
             good = ep.means[0].argmax().item()
             a1.scatter(range(T), ep.actions[0], c=["#228833" if a == good else "#4477aa" for a in ep.actions[0].tolist()],
                        s=18, label="arm pulled (green: best arm)")
-            a1.set_xlabel("step"); a1.set_ylabel("arm"); a1.set_yticks(range(self.env.k)); a1.legend(fontsize=7)
+            a1.set_xlabel("step"); a1.set_ylabel("arm"); a1.set_yticks(range(self.env.k)); a1.legend(fontsize=9)
             a1.set_title(f"choices, coefficient {self.coef.value:.2f}", fontsize=9)
             a2.plot(ep.entropy[0], "o-", ms=3, label="action entropy")
             a2.axhline(math.log(self.env.k), color="gray", ls=":", label=f"ln {self.env.k}")
-            a2.set_xlabel("step"); a2.set_ylabel("entropy (nats)"); a2.legend(fontsize=7)
+            a2.set_xlabel("step"); a2.set_ylabel("entropy (nats)"); a2.legend(fontsize=9)
             a2.set_title("entropy over the episode", fontsize=9)
             fig.tight_layout(); display(fig); plt.close(fig)
         self.episode_fig = fig

@@ -39,7 +39,7 @@ def plot_token_entropy(
     ax.plot(x, m, marker="o", label="mean over sequences")
     ax.fill_between(x, m - s, m + s, alpha=0.2, label="± 1 std")
     if d_vocab: ax.axhline(math.log(d_vocab), color="k", ls="--", lw=1, label=f"uniform log({d_vocab})")
-    ax.set(xlabel="position", ylabel="entropy (nats)", title=title); ax.legend(fontsize=8)
+    ax.set(xlabel="position", ylabel="entropy (nats)", title=title); ax.legend(fontsize=9)
     return fig
 
 def plot_action_entropy(
@@ -53,11 +53,11 @@ def plot_action_entropy(
     k = P.shape[-1]
     a1.hist(H, bins=20, range=(0, math.log(k) * 1.05), color="C0")
     a1.axvline(math.log(k), color="k", ls="--", label=f"max log({k})")
-    a1.set(xlabel="action entropy (nats)", ylabel="prompts", title="Entropy of the action distribution"); a1.legend(fontsize=8)
+    a1.set(xlabel="action entropy (nats)", ylabel="prompts", title="Entropy of the action distribution"); a1.legend(fontsize=9)
     names = action_names or [str(i) for i in range(k)]
     a2.bar(names, P.mean(0), yerr=P.std(0), color="C1", label="mean ± std")
     a2.set(xlabel="action", ylabel="probability", title=f"mean non-action mass {_np(result['non_action_mass']).mean():.3f}")
-    a2.legend(fontsize=8)
+    a2.legend(fontsize=9)
     fig.suptitle(title)
     return fig
 
@@ -92,10 +92,10 @@ def plot_effective_rank(
     for i, h in enumerate(names):
         s = _np(result[h]["singular_values"])
         a1.semilogy(np.arange(1, len(s) + 1), np.maximum(s / s.max(), 1e-12), label=f"{h} (erank {float(result[h]['effective_rank']):.1f})")
-    a1.set(xlabel="index", ylabel="singular value / largest", title="Spectrum"); a1.legend(fontsize=7)
+    a1.set(xlabel="index", ylabel="singular value / largest", title="Spectrum"); a1.legend(fontsize=9)
     a2.plot(range(len(names)), [float(result[h]["effective_rank"]) for h in names], marker="o", label="effective rank")
-    a2.set_xticks(range(len(names)), [h.replace("blocks.", "").replace(".hook_", " ") for h in names], rotation=30, fontsize=7)
-    a2.set(xlabel="hook", ylabel="effective rank", title="exp(spectral entropy)"); a2.legend(fontsize=8)
+    a2.set_xticks(range(len(names)), [h.replace("blocks.", "").replace(".hook_", " ") for h in names], rotation=30, fontsize=8)
+    a2.set(xlabel="hook", ylabel="effective rank", title="exp(spectral entropy)"); a2.legend(fontsize=9)
     fig.suptitle(title)
     return fig
 
@@ -107,7 +107,7 @@ def plot_rank_curve(
     "Effective rank of several hooks (or layers) against training progress."
     fig, ax = _ax(ax)
     for k, v in ranks.items(): ax.plot(x, _np(v), marker=".", label=k)
-    ax.set(xlabel=xlabel, ylabel="effective rank", title=title); ax.legend(fontsize=8)
+    ax.set(xlabel=xlabel, ylabel="effective rank", title=title); ax.legend(fontsize=9)
     return fig
 
 # %% ../nbs/07_viz.ipynb #54352986
@@ -125,7 +125,7 @@ def plot_massive_activations(
     ax.axhline(abs_threshold, color="k", ls="--", lw=1, label=f"|a| = {abs_threshold:g}")
     n = int(L.n_massive.sum())
     ax.set(xlabel="layer", ylabel="magnitude", title=f"{title}\n{n} massive activation(s) found")
-    ax.set_xticks(list(L.layer)); ax.legend(fontsize=8)
+    ax.set_xticks(list(L.layer)); ax.legend(fontsize=9)
     return fig
 
 def plot_emergence(
@@ -136,13 +136,16 @@ def plot_emergence(
     "Measured trajectory across checkpoints with the fitted exponentially-modulated logarithmic curve."
     from collapse_lab.metrics import emergence_curve
     fig, ax = _ax(ax)
+    steps = np.asarray(steps, dtype=float)
     ax.plot(steps, values, "o", label="measured")
-    if fit is not None:
-        t = np.linspace(min(steps), max(steps), 200)
+    if fit is not None:   # dense on a log grid too, so the curve is smooth where the early checkpoints sit
+        lo, hi = steps.min(), steps.max()
+        t = np.unique(np.concatenate([np.linspace(lo, hi, 200), np.geomspace(max(lo, 1.), hi, 200) if hi > 1 else []]))
         ax.plot(t, emergence_curve(t, fit["A"], fit["lam"], fit["gamma"], fit["t0"], fit["K"]), "-",
-                label=f"A e^(-λx) log x + K, R²={fit['r2']:.3f}")
-    ax.set(xlabel="training step", ylabel=ylabel, title=title); ax.legend(fontsize=8)
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+                label=f"A e^(-λ(γt+t₀)) log(γt+t₀) + K, R²={fit['r2']:.3f}")
+    if steps.max() >= 100 * max(steps[steps > 0].min() if (steps > 0).any() else 1., 1.):   # checkpoints spanning decades
+        ax.set_xscale("symlog", linthresh=1.) if steps.min() <= 0 else ax.set_xscale("log")
+    ax.set(xlabel="training step", ylabel=ylabel, title=title); ax.legend(fontsize=9)
     return fig
 
 # %% ../nbs/07_viz.ipynb #cf8aba2a
@@ -151,7 +154,7 @@ def plot_neural_collapse(
     x:str="epoch",            # the column to plot against
     title:str="Neural collapse",
 ):
-    "NC1, NC2 (equinorm and max-angle, of means and of classifier rows), NC3, NC4 against training (log scale)."
+    "NC1, NC2 (equinorm and max-angle, of means and of classifier rows), NC3, NC4 against training (log y; log x when training spans decades)."
     import pandas as pd
     df = pd.DataFrame([{k: float(v) for k, v in h.items()} for h in history]) if isinstance(history, list) else history
     panels = [("NC1: tr(Σ_W Σ_B⁺)/C", ["nc1"]),
@@ -162,8 +165,9 @@ def plot_neural_collapse(
         for k in keys:
             if k in df and df[k].notna().any(): ax.plot(df[x], df[k].clip(lower=1e-8) if k != "nc4" else df[k], marker=".", label=k)
         if keys != ["nc4"]: ax.set_yscale("log")   # NC4 is a fraction that reaches exactly 0
+        if df[x].min() > 0 and df[x].max() >= 100 * df[x].min(): ax.set_xscale("log")   # training spanning decades
         ax.set(xlabel=x, ylabel="value", title=t)
-        if ax.lines: ax.legend(fontsize=7)
+        if ax.lines: ax.legend(fontsize=9)
     fig.suptitle(title)
     return fig
 
@@ -181,7 +185,7 @@ def plot_entropy_covariance(
     if clip is not None and _np(clip).any(): ax.hist(c[_np(clip).astype(bool)], bins=60, color="C1", label=f"Clip-Cov ({int(_np(clip).sum())})")
     if kl is not None and _np(kl).any(): ax.hist(c[_np(kl).astype(bool)], bins=60, color="C3", label=f"KL-Cov ({int(_np(kl).sum())})")
     ax.axvline(float(cov["mean"]), color="k", ls="--", label=f"mean = {float(cov['mean']):.3g}")
-    ax.set_yscale("log"); ax.set(xlabel="Cov(y_i)", ylabel="tokens", title=title); ax.legend(fontsize=8)
+    ax.set_yscale("log"); ax.set(xlabel="Cov(y_i)", ylabel="tokens", title=title); ax.legend(fontsize=9)
     return fig
 
 def plot_posterior_collapse(
@@ -196,7 +200,7 @@ def plot_posterior_collapse(
     ax.bar(x[act], k[act], color="C0", label="active unit")
     ax.bar(x[~act], k[~act], color="0.6", label="inactive unit")
     ax.set(xlabel="latent dimension", ylabel="KL(q(z_u|x) || N(0,1)) (nats)", title=f"{title}\n{int(act.sum())} of {len(k)} units active")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return fig
 
 def plot_model_collapse(
@@ -210,5 +214,5 @@ def plot_model_collapse(
         ax.errorbar(n, sim[k], yerr=sim[k + "_std"], fmt="o", color=c, capsize=2, label=f"{k} (simulated)")
         ax.plot(n, sim[k + "_closed"], "-", color=c, label=f"{k} (closed form)")
     ax.axhline(sim["accumulate_bound"], color="k", ls=":", label="accumulate bound (π²/6)")
-    ax.set(xlabel="model-fitting generation", ylabel="test error E||ŵ − w*||²", title=title); ax.legend(fontsize=8)
+    ax.set(xlabel="model-fitting generation", ylabel="test error E||ŵ − w*||²", title=title); ax.legend(fontsize=9)
     return fig

@@ -165,18 +165,21 @@ def test_patching_lab(lab_server, lab_page):
     assert cells.count() >= 4 and all(len(h) == 1 for h in heat), heat
     assert len({h[0] for h in heat}) > 1, f"heat map shows one value everywhere: {heat}"
     _shot(page, root, "patching_lab_1_initial")
+    # it opens on the cell with the largest effect (here the name token in the embeddings, layer 0)
+    opened = bs.numbers(root.locator(".cl-patching-cell-selected").first.inner_text())
+    assert opened == [max(h[0] for h in heat)], (opened, heat)
     key, text0 = bs.plot_key(bars), status.inner_text()
-    # click heat-map cell (layer 0, position 3): the site changes in the status, the dropdowns and the bars
-    target = root.locator(".cl-patching-cell-0-3").first
+    # click heat-map cell (layer 1, position 3): the site changes in the status, the dropdowns and the bars
+    target = root.locator(".cl-patching-cell-1-3").first
     target.click()
-    bs.wait_text(page, status, r"position 3\b")
+    bs.wait_text(page, status, r"blocks\.1\.hook_resid_pre, position 3\b")
     key = bs.wait_plot_change(page, bars, key)
     expect(target).to_have_class(re.compile(r"\bcl-patching-cell-selected\b"))
     expect(root.locator(".cl-patching-cell-selected")).to_have_count(1)
-    chosen = root.locator(".cl-patching-position select option:checked").first.inner_text()
-    assert chosen.startswith("3:"), f"the position dropdown shows {chosen!r} after clicking position 3"
+    chosen = [root.locator(f".cl-patching-{w} select option:checked").first.inner_text() for w in ("layer", "position")]
+    assert chosen[0] == "1" and chosen[1].startswith("3:"), f"the layer and position dropdowns show {chosen} after clicking (1, 3)"
     assert status.inner_text() != text0
-    _shot(page, root, "patching_lab_2_cell_0_3")
+    _shot(page, root, "patching_lab_2_cell_1_3")
     # back to a site that carries the pair's variable (the last position), where the subspace choices below differ
     last = root.locator(".cl-patching-position select option").count() - 1
     root.locator(f".cl-patching-cell-0-{last}").first.click()

@@ -7,14 +7,30 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/"tools"))
-from execute_tutorials import code_hash, stale, execute, KEY
+from execute_tutorials import code_hash, stale, execute, is_progress_bar, kept_widget_state, KEY
 
 TUTORIALS = sorted((ROOT/"nbs"/"tutorials").glob("*.ipynb"))
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_stored_outputs_match_the_code(path):
-    why = stale(json.loads(path.read_text(encoding="utf-8")))
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    why = stale(nb)
     assert why is None, f"{path.relative_to(ROOT)}: {why}"
+    bars = [o["data"]["text/plain"] for c in nb["cells"] for o in c.get("outputs", []) if is_progress_bar(o)]
+    assert not bars, f"{path.relative_to(ROOT)} stores progress bars: {bars[:2]}"
+
+def test_progress_bars_are_dropped_and_widget_state_cut_to_what_is_shown():
+    view = "application/vnd.jupyter.widget-view+json"
+    bar = {"output_type": "display_data", "data": {"text/plain": "train VAE:   0%|          | 0/2000 [00:00<?, ?it/s]", view: {"model_id": "a1"}}}
+    lab = {"output_type": "display_data", "data": {"text/plain": "VBox(children=(HBox(...),))", view: {"model_id": "b2"}}}
+    assert is_progress_bar(bar) and not is_progress_bar(lab)
+    assert not is_progress_bar({"output_type": "stream", "name": "stdout", "text": " 40%|####  | 4/10"})   # printed text stays
+    key = "application/vnd.jupyter.widget-state+json"
+    widgets = {key: {"version_major": 2, "state": {"a1": {"state": {}}, "b2": {"state": {"children": ["IPY_MODEL_c3"]}},
+                                                   "c3": {"state": {}}, "d4": {"state": {}}}}}
+    kept = kept_widget_state(widgets, [{"outputs": [lab]}])
+    assert set(kept[key]["state"]) == {"b2", "c3"} and kept[key]["version_major"] == 2
+    assert kept_widget_state(widgets, [{"outputs": []}]) == {}
 
 def _nb(*cells, outputs=True):
     mk = lambda i, s: {"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {},

@@ -16,7 +16,7 @@ meanwhile survive; if its code changed during the run, nothing is written.
     .venv/bin/python tools/execute_tutorials.py [NOTEBOOK ...]    (default: nbs/tutorials/*.ipynb; `make tutorials`)
 """
 from __future__ import annotations
-import argparse, hashlib, json, os, sys, time
+import argparse, hashlib, json, os, re, sys, time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,6 +56,30 @@ def stale(nb:dict)->str|None:
     if rec.get("quick"): return "its stored outputs are from the quick setting; store the full-size run"
     return None
 
+_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+")   # tqdm's text: "desc:  40%|####      | 4/10 [...]"
+
+def is_progress_bar(out:dict)->bool:
+    "Whether a stored output is a progress bar (a tqdm widget or its text): it shows the run, not a result, and is dropped."
+    data = out.get("data", {})
+    text = data.get("text/plain", "")
+    text = "".join(text) if isinstance(text, list) else text
+    return "application/vnd.jupyter.widget-view+json" in data and bool(_BAR.search(text))
+
+def kept_widget_state(widgets:dict, cells:list)->dict:
+    "The notebook's widget state cut to the models that the kept outputs show, and the models those refer to."
+    key = "application/vnd.jupyter.widget-state+json"
+    state = widgets.get(key, {}).get("state", {})
+    todo = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for c in cells for o in c.get("outputs", [])
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    keep = set()
+    while todo:
+        m = todo.pop()
+        if m in keep or m not in state: continue
+        keep.add(m)
+        todo += re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(state[m]))
+    if not keep: return {}
+    return {key: dict(widgets[key], state={m: state[m] for m in state if m in keep})}
+
 def _load(path:Path)->dict: return json.loads(path.read_text(encoding="utf-8"))
 def _dump(path:Path, nb:dict):
     "nbdev's format (one-space indent, UTF-8 kept), written atomically."
@@ -89,12 +113,14 @@ def execute(path:Path, timeout:int=7200, quick:bool=False)->float:
     for c in now["cells"]:
         if c.get("cell_type") == "code":
             ran = outs[c["id"]]
-            c["outputs"] = [dict(o) for o in json.loads(json.dumps(ran.outputs))]
+            c["outputs"] = [dict(o) for o in json.loads(json.dumps(ran.outputs)) if not is_progress_bar(o)]
             c["execution_count"] = None                          # as nbdev_clean leaves it: no churn in diffs
             for o in c["outputs"]:
                 if "execution_count" in o: o["execution_count"] = None
     md = now.setdefault("metadata", {})
-    if nb.metadata.get("widgets"): md["widgets"] = json.loads(json.dumps(nb.metadata["widgets"]))   # widget views' state
+    md.pop("widgets", None)
+    state = kept_widget_state(json.loads(json.dumps(nb.metadata.get("widgets", {}))), now["cells"])
+    if state: md["widgets"] = state                              # the state of the widget views still shown
     md.setdefault("kernelspec", KERNELSPEC)
     md.setdefault(KEY, {})["outputs"] = dict(code_sha256=h0, quick=quick, seconds=round(secs),
         executed=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"))
