@@ -1,8 +1,9 @@
 """End-to-end tests in a real browser: JupyterLab (own server, temporary copy of nbs/) in Debian's headless Chromium.
 
 - the harness itself: an error output and a plot in a generated notebook are seen as such;
-- each tutorial: Run All through the menu, wait for the kernel to be idle, no error output, every code cell ran,
-  the expected number of (non-blank) plots present and rendered, no browser console errors;
+- each tutorial: on opening, before anything runs, the figures it stores are shown; then Run All through the menu,
+  wait for the kernel to be idle, no error output, every code cell ran, the expected number of (non-blank) plots
+  present and rendered, no browser console errors;
 - each widget lab (SteeringLab, PatchingLab, ClampingLab) on a tiny model: render, drag / select / click, and the
   displayed numbers and the plot change; no console errors; screenshots in test-artifacts/browser/;
 - SteeringLab's text mode on a tiny GPT-2 checkpoint: drag, release, the continuation changes (release -> text timed).
@@ -55,11 +56,24 @@ def test_harness_sees_errors_and_plots(lab_server, lab_page):
 
 # ---------------------------------------------------------------- tutorials
 
+def _stored_images(name:str)->int:
+    "How many figures the tutorial's file carries (outputs stored by `make tutorials`)."
+    import json
+    nb = json.loads((TUTORIALS_DIR/f"{name}.ipynb").read_text(encoding="utf-8"))
+    return sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+
+def _wait_images(page, want:int, timeout:float=30)->int:
+    "Wait until `want` output images have loaded (or `timeout` s pass); return how many have."
+    t0 = time.time()
+    while bs.rendered_images(page) < want and time.time() - t0 < timeout: page.wait_for_timeout(250)
+    return bs.rendered_images(page)
+
 def _run_tutorials(browser, server, names):
     "Run every tutorial in `names` in its own page, `PARALLEL` at a time; return {name: result dict}."
-    results, queue, active = {}, list(names), {}
+    results, queue, active, stored = {}, list(names), {}, {}
     def finish(name, page, ctx, t0, state=None, exc=None):
-        res = dict(seconds=time.time() - t0, state=state, exc=exc, console=bs.console_errors(page.console_messages))
+        res = dict(seconds=time.time() - t0, state=state, exc=exc, console=bs.console_errors(page.console_messages),
+                   stored=stored.get(name))
         try:
             if state and bs.images(state):
                 page.locator(".jp-OutputArea-output img").last.scroll_into_view_if_needed()
@@ -84,6 +98,8 @@ def _run_tutorials(browser, server, names):
             t0 = time.time()
             try:
                 bs.open_notebook(page, server, f"tutorials/{name}.ipynb")
+                want = _stored_images(name)
+                stored[name] = (want, _wait_images(page, want) if want else 0)   # shown before anything runs
                 bs.run_all(page)
                 active[name] = (page, ctx, t0)
             except Exception as e: finish(name, page, ctx, t0, exc=e)
@@ -111,6 +127,9 @@ def tutorial_runs(browser, lab_server):
 def test_tutorial_runs_in_jupyterlab(name, tutorial_runs):
     if name not in tutorial_runs: pytest.skip(f"nbs/tutorials/{name}.ipynb did not exist when the tutorials were run")
     res = tutorial_runs[name]
+    if res["stored"] is not None:
+        want, shown = res["stored"]
+        assert shown >= want, f"{name}: the notebook stores {want} figures but JupyterLab showed {shown} on opening, before running"
     if res["exc"] is not None: raise res["exc"]
     st = res["state"]
     assert not bs.errors(st), f"{name}: error outputs {bs.errors(st)}"
