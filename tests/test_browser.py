@@ -88,7 +88,8 @@ def _run_tutorials(browser, server, names):
         results[name] = res
         what = "FAILED to finish" if res.get("exc") else "Run All to idle"
         bs.report(f"tutorial {name}: {what} in {res['seconds']:.0f} s (quick setting, {PARALLEL} at once), "
-                  f"{len(bs.images(state)) if state else 0} plots, {len(bs.errors(state)) if state else '?'} errors")
+                  f"{len(bs.images(state)) if state else 0} plots, {len(bs.errors(state)) if state else '?'} errors; "
+                  f"stored figures shown on opening: {'%d of %d' % stored[name][::-1] if name in stored else '?'}")
     while queue or active:
         while queue and len(active) < PARALLEL:
             name = queue.pop(0)
