@@ -5,7 +5,8 @@
 # %% ../nbs/01_interventions.ipynb #6248dea5
 from __future__ import annotations
 import contextlib
-from dataclasses import dataclass, fields, replace
+import copy
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -602,6 +603,11 @@ def _auto_max_batch(model, tokens:Tensor)->int:
 
 
 # %% ../nbs/01_interventions.ipynb #d7866078
+def _with_coef(iv:Intervention, coef:Tensor)->Intervention:
+    "A copy of validated `iv` carrying a slice of its own coefficients, not validated again (the checks read tensor values on the host: a GPU sync per chunk)."
+    new = copy.copy(iv); new.coef = coef
+    return new
+
 def sweep(
     model,                         # a TransformerBridge
     tokens,                        # prompts: [batch, pos] token ids, strings, or 1-D token tensors (see `as_prompts`)
@@ -629,7 +635,7 @@ def sweep(
     with torch.no_grad():
         for start in range(0, len(coefs), per):
             chunk = coefs[start:start + per]
-            logits = run(model, prompts.repeat(len(chunk)), replace(intervention, coef=chunk), *others, fast=fast)
+            logits = run(model, prompts.repeat(len(chunk)), _with_coef(intervention, chunk), *others, fast=fast)
             for c in logits.view(len(chunk), B, *logits.shape[1:]):
                 values.append(metric(c) if metric is not None else c)
     name = "logits" if metric is None else getattr(metric, "__name__", "metric")

@@ -1,0 +1,86 @@
+"""No host-device synchronisation on the intervention path.
+
+On a GPU every read of a device tensor's value on the host (`.item()`, `bool(t)`, `float(t)`, `.tolist()`, `if t.any()`,
+`nonzero`, `masked_select`, ...) waits for the device to finish everything queued before it. A hook that does one
+per layer turns an asynchronous forward pass into a series of stalls. On the CPU such reads are free, but they pass
+through the same dispatcher ops (`aten._local_scalar_dense`, `aten.nonzero`, ...), so a dispatch mode that records
+them shows, without a GPU, every place that would synchronise on one.
+
+What is checked: a forward pass under each intervention (Steer, with positions and per-row coefficients;
+SubspacePatch; Clamp; Ablate; `sweep`), on a TransformerLens-native model and on a hub-family checkpoint, reads no
+more device values than the same pass without an intervention (an intervention that the fast path cannot apply runs
+through the bridge, which reads one value fewer than transformers' forward). `sweep` builds each chunk's
+intervention from the validated one without validating it again (validation reads the tensors). The reads the bare pass does
+are the input checks of `as_prompts` (token ids inside the vocabulary, no unmarked padding), which run on a host copy
+of the tokens (one device-to-host copy when the tokens live on the GPU, none for tokenizer output), and the
+transformers model's own mask checks. One read is allowed, and asserted: a `Clamp` whose value is a function checks
+that the function returned finite values, one read per call (an opt-in to arbitrary user code, where a NaN would
+otherwise spread silently)."""
+import collections, tempfile
+import pytest, torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import collapse_lab as cl
+from collapse_lab.interventions import Steer, SubspacePatch, Clamp, Ablate, run, activations, sweep
+
+torch.set_num_threads(1)
+
+# ops whose result the host must read (a synchronisation on CUDA)
+HOST_READS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.nonzero.default", "aten.equal.default",
+              "aten.masked_select.default", "aten._unique2.default", "aten.item.default"}
+
+class HostReads(TorchDispatchMode):
+    "Count the dispatcher ops that read a tensor's value on the host."
+    def __init__(self):
+        super().__init__(); self.n = collections.Counter()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in HOST_READS: self.n[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+def reads(f)->int:
+    "Host reads of `f()`, after one call outside the count (first-call validation and caches)."
+    f()
+    with HostReads() as r: f()
+    return sum(r.n.values())
+
+@pytest.fixture(scope="module", params=["tl", "gpt2"])
+def model(request):
+    if request.param == "tl": return cl.tiny_model(n_layers=2, d_model=32, n_heads=2, d_vocab=50, n_ctx=16, seed=0)
+    return cl.load_model(cl.tiny_hf_checkpoint(tempfile.mkdtemp(), arch="gpt2"), device="cpu")
+
+def test_the_recorder_sees_host_reads():
+    "The recorder is not blind: a hook that calls .item() is counted."
+    m = cl.tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8, seed=0)
+    x = torch.randint(0, 20, (2, 5))
+    def item_hook(act, hook): act.abs().max().item(); return act
+    with_item = lambda: m.run_with_hooks(x, fwd_hooks=[("blocks.0.hook_resid_pre", item_hook)])
+    assert reads(with_item) == reads(lambda: m(x)) + 1
+
+def test_interventions_read_nothing_on_the_host(model):
+    "Built once (construction validates its tensors: reads, once per intervention), then each pass reads nothing more."
+    d, h = model.cfg.d_model, "blocks.1.hook_resid_pre"
+    x = torch.randint(1, 40, (2, 6))
+    v = torch.randn(d, generator=torch.Generator().manual_seed(0))
+    src = activations(model, x.flip(0), h)
+    cases = {
+        "Steer": (x, Steer(h, v, 3.0)),
+        "Steer at positions": (x, Steer(h, v, 3.0, positions=[-1])),
+        "Steer, a coefficient per row": (torch.cat([x, x]), Steer(h, v, torch.tensor([1., 2.]))),
+        "SubspacePatch": (x, SubspacePatch(h, v[None], src, positions=[-1])),
+        "Clamp (tensor)": (x, Clamp("blocks.0.attn.hook_pattern", torch.eye(6), heads=[0])),
+        "Ablate zero": (x, Ablate(h, "zero", positions=[-1])),
+        "Ablate mean": (x, Ablate(h, "mean")),
+        "two at once": (x, [Steer(h, v, 2.0), Ablate("blocks.0.hook_resid_post", "zero", positions=[0])]),
+    }
+    extra = {k: reads(lambda: run(model, p, iv)) - reads(lambda: run(model, p)) for k, (p, iv) in cases.items()}
+    steer = Steer(h, v, torch.tensor([0., 1., 2., 4.]))
+    extra["sweep, 4 coefficients"] = reads(lambda: sweep(model, x, steer)) - reads(lambda: run(model, x.repeat(4, 1)))
+    assert all(n <= 0 for n in extra.values()), f"host reads per pass beyond the bare pass: {extra}"
+    assert reads(lambda: run(model, x)) <= 5      # the input checks (on a host copy) and transformers' own mask checks
+
+def test_a_clamp_function_is_checked_with_one_read(model):
+    "The one allowed read: a function's output is checked for NaN/inf once per call."
+    x = torch.randint(1, 40, (2, 6))
+    fn = Clamp("blocks.0.attn.hook_pattern", lambda a: a[:, :1].mean(1, keepdim=True).expand_as(a[:, :1]), heads=[0])
+    fixed = Clamp("blocks.0.attn.hook_pattern", torch.eye(6), heads=[0])
+    assert reads(lambda: run(model, x, fn)) == reads(lambda: run(model, x, fixed)) + 1
