@@ -117,10 +117,14 @@ class PatchingLab(Panel):
             self._fail(f"cell ({layer}, {position}) is outside the {len(self.cells)} x {len(self.cells[0])} map.")
             return
         with self.widget.hold_sync() if hasattr(self.widget, "hold_sync") else _null():
-            self._quiet = True
-            try: self.layer.value, self.position.value = layer, position
-            finally: self._quiet = False
+            self._set_site(layer, position)
         self.refresh()
+
+    def _set_site(self, layer:int, position:int):
+        "Move the layer and position dropdowns without each change triggering a refresh."
+        self._quiet = True
+        try: self.layer.value, self.position.value = layer, position
+        finally: self._quiet = False
 
 
     def train_das(self):
@@ -181,11 +185,7 @@ class PatchingLab(Panel):
             b, s = self.base[i:i + 1], self.source[i:i + 1]
             a, c = self.answer[i:i + 1], self.counterfactual[i:i + 1]
             if heatmap: self._heatmap(b, s, a, c)
-            if heatmap and to_peak:
-                l, p = divmod(int(self.heat.argmax()), self.heat.shape[1])
-                self._quiet = True
-                try: self.layer.value, self.position.value = l, p
-                finally: self._quiet = False
+            if heatmap and to_peak: self._set_site(*divmod(int(self.heat.argmax()), self.heat.shape[1]))
             hook, pos = self.hook, self.position.value
             with torch.no_grad(): base_ld = logit_diff(self.model(b.to(model_device(self.model))).cpu(), a, c).item()
             full_ld = logit_diff(patched_logits(self.model, b, s, hook, None, [pos]), a, c).item()

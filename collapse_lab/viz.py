@@ -16,6 +16,13 @@ __all__ = ['plot_token_entropy', 'plot_action_entropy', 'plot_attention_entropy'
            'plot_posterior_collapse', 'plot_model_collapse']
 
 # %% ../nbs/07_viz.ipynb #d8bd396e
+def _log_time_axis(ax, x):
+    "Log x-axis when the positive values of `x` (training steps, epochs) span two decades or more; symlog if it holds 0."
+    x = np.asarray(x, dtype=float); pos = x[x > 0]
+    if len(pos) and pos.max() >= 100 * pos.min():
+        if x.min() <= 0: ax.set_xscale("symlog", linthresh=1.)
+        else: ax.set_xscale("log")
+
 def _ax(ax, figsize=(5, 3.5)):
     "A fresh (fig, ax) or the figure of the given `ax`."
     if ax is None:
@@ -143,8 +150,7 @@ def plot_emergence(
         t = np.unique(np.concatenate([np.linspace(lo, hi, 200), np.geomspace(max(lo, 1.), hi, 200) if hi > 1 else []]))
         ax.plot(t, emergence_curve(t, fit["A"], fit["lam"], fit["gamma"], fit["t0"], fit["K"]), "-",
                 label=f"A e^(-λ(γt+t₀)) log(γt+t₀) + K, R²={fit['r2']:.3f}")
-    if steps.max() >= 100 * max(steps[steps > 0].min() if (steps > 0).any() else 1., 1.):   # checkpoints spanning decades
-        ax.set_xscale("symlog", linthresh=1.) if steps.min() <= 0 else ax.set_xscale("log")
+    _log_time_axis(ax, steps)
     ax.set(xlabel="training step", ylabel=ylabel, title=title); ax.legend(fontsize=9)
     return fig
 
@@ -165,7 +171,7 @@ def plot_neural_collapse(
         for k in keys:
             if k in df and df[k].notna().any(): ax.plot(df[x], df[k].clip(lower=1e-8) if k != "nc4" else df[k], marker=".", label=k)
         if keys != ["nc4"]: ax.set_yscale("log")   # NC4 is a fraction that reaches exactly 0
-        if df[x].min() > 0 and df[x].max() >= 100 * df[x].min(): ax.set_xscale("log")   # training spanning decades
+        _log_time_axis(ax, df[x])
         ax.set(xlabel=x, ylabel="value", title=t)
         if ax.lines: ax.legend(fontsize=9)
     fig.suptitle(title)
