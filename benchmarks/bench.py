@@ -66,7 +66,13 @@ SHAPES = {
     "pythia-1.4b": ("gpt_neox", dict(num_hidden_layers=24, hidden_size=2048, num_attention_heads=16, intermediate_size=8192,
                                      vocab_size=50304, max_position_embeddings=2048, rotary_pct=0.25,
                                      use_parallel_residual=True)),
+    # the layer counts of GPT-2 small and Pythia-1.4B at a width where a 1 x 2 forward is cheap (per-call costs)
+    "gpt2-12-layers-narrow": ("gpt2", dict(n_layer=12, n_embd=64, n_head=4, vocab_size=256, n_positions=64)),
+    "neox-24-layers-narrow": ("gpt_neox", dict(num_hidden_layers=24, hidden_size=64, num_attention_heads=4,
+                                               intermediate_size=256, vocab_size=256, max_position_embeddings=64,
+                                               rotary_pct=0.25, use_parallel_residual=True)),
 }
+PERCALL_SHAPES = ["gpt2-12-layers-narrow", "neox-24-layers-narrow"]
 CLASSES = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM")}
 
 
@@ -167,7 +173,6 @@ def sweep_set(shape, device, dtype, batch, seq, reps, n_coef=16):
         model = cl.tiny_model(n_layers=2, d_model=64, n_heads=8, d_vocab=64, n_ctx=seq, device=str(device))
     else:
         hf, model, cfg = build(shape, device, dtype)
-        del hf
     d = model.cfg.d_model
     hook = f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     g = torch.Generator().manual_seed(1)
@@ -178,7 +183,15 @@ def sweep_set(shape, device, dtype, batch, seq, reps, n_coef=16):
 
     def separate(fast=True):
         return [entropy_last(cl.run(model, tokens, cl.Steer(hook, v, coef=float(c)), fast=fast)) for c in coefs]
+    # the physical limit: one bare forward of the folded batch (n_coef x batch rows, coefficient blocks consecutive,
+    # as `sweep` lays them out), the metric taken per block; no steering (an add per row costs nothing beside it)
+    bare = hf if shape in SHAPES else fastpath.bare_model(model)
+    folded = tokens.repeat(n_coef, 1)
+    def bare_folded():
+        logits = fastpath.hf_logits(bare(input_ids=folded, **({"use_cache": False} if shape in SHAPES else {})))
+        return [entropy_last(c) for c in logits.view(n_coef, batch, *logits.shape[1:])]
     fns = {"16 separate passes (fast path)": separate,
+           "bare forward of the folded batch (16*batch rows)": bare_folded,
            "16 separate passes through the bridge (fast=False)": lambda: separate(fast=False),
            "sweep, one batched pass (max_batch=16*batch)": lambda: cl.sweep(model, tokens, steer, metric=entropy_last,
                                                                              max_batch=n_coef * batch),
@@ -196,14 +209,55 @@ def sweep_set(shape, device, dtype, batch, seq, reps, n_coef=16):
             record(f"sweep {shape}", f"speed-up of {n}", 1 / ratio(s, sep), "x", f"({med(s)*1e3:.1f} ms)")
     record(f"sweep {shape}", "speed-up of sweep default over 16 bridge passes",
            1 / ratio(t["sweep, default max_batch"], t["16 separate passes through the bridge (fast=False)"]), "x")
+    limit = t["bare forward of the folded batch (16*batch rows)"]
+    for n in ("sweep, default max_batch", "sweep, one batched pass (max_batch=16*batch)"):
+        record(f"sweep {shape}", f"{n} / bare forward of the folded batch", ratio(t[n], limit), "x")
     record(f"sweep {shape}", "max |entropy difference| batched vs separate", err, "nats")
     if device.type == "cuda":
         for mb in (4 * batch, n_coef * batch):
             torch.cuda.reset_peak_memory_stats(device); base = torch.cuda.memory_allocated(device)
             with torch.no_grad(): cl.sweep(model, tokens, steer, metric=entropy_last, max_batch=mb)
             record(f"sweep {shape}", f"peak extra GPU memory, max_batch={mb}", (torch.cuda.max_memory_allocated(device) - base) / 2**20, "MiB")
-    del model; gc.collect()
+    del model, bare; gc.collect()
     if device.type == "cuda": torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------- per call
+def percall_set(shape, device, dtype, reps):
+    """What a call costs beyond its forward: `run` + Steer / SubspacePatch on a 1 x 2 input, against the bare HF model
+    with the same steering as a hand-written forward hook (attached and removed per call, as `run` does). The per-call
+    overhead is the median over rounds of the difference within each round. Its parts that grow with depth (checks
+    over every hook point, per-layer work) show at 12 and 24 layers."""
+    print(f"\n[per call] {shape}  1 x 2 tokens  on {device}", flush=True)
+    hf, model, cfg = build(shape, device, dtype)
+    d, L = model.cfg.d_model, model.cfg.n_layers
+    hook = f"blocks.{L // 2}.hook_resid_post"
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, model.cfg.d_vocab, (1, 2), generator=g).to(device)
+    v = torch.randn(d, generator=g).to(device)
+    steer = cl.Steer(hook, v, coef=4.0)
+    patch = cl.SubspacePatch(hook, torch.randn(8, d, generator=g), cl.activations(model, tokens.flip(-1), hook))
+    vd = v.to(dtype)
+    def add(mod, args, out):
+        return (out[0] + 4.0 * vd,) + tuple(out[1:]) if isinstance(out, tuple) else out + 4.0 * vd
+    def hf_hooked():
+        h = blocks_of(hf)[L // 2].register_forward_hook(add)
+        try: return hf(input_ids=tokens, use_cache=False).logits
+        finally: h.remove()
+    fns = {"bare HF forward": lambda: hf(input_ids=tokens, use_cache=False).logits,
+           "bare HF + plain torch steering hook": hf_hooked,
+           "run, no intervention": lambda: cl.run(model, tokens),
+           "run + Steer": lambda: cl.run(model, tokens, steer),
+           "run + SubspacePatch": lambda: cl.run(model, tokens, patch)}
+    with torch.no_grad(): t = bench(fns, device, reps, warmup=20)
+    base, hooked = t["bare HF forward"], t["bare HF + plain torch steering hook"]
+    diff = lambda ts, ref: statistics.median(a - b for a, b in zip(ts, ref)) * 1e6
+    record(f"per call {shape}", "bare HF forward, 1 x 2 tokens", med(base) * 1e6, "us")
+    record(f"per call {shape}", "bare HF + plain steering hook, 1 x 2 tokens", med(hooked) * 1e6, "us")
+    record(f"per call {shape}", "run, no intervention: beyond the bare HF forward", diff(t["run, no intervention"], base), "us")
+    for n in ("run + Steer", "run + SubspacePatch"):
+        record(f"per call {shape}", f"{n}: beyond the plain-hook forward", diff(t[n], hooked), "us", f"({med(t[n])*1e6:.0f} us)")
+    del hf, model; gc.collect()
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -393,7 +447,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--device", default=None, help="default: cpu for --set cpu, cuda for --set gpu (cpu if none)")
-    p.add_argument("--only", default="forward,sweep,generate,train,widgets,east", help="comma-separated sections")
+    p.add_argument("--only", default="forward,percall,sweep,generate,train,widgets,east", help="comma-separated sections")
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--json", default=None, help="write all figures here")
     a = p.parse_args(argv)
@@ -425,6 +479,8 @@ def main(argv=None):
             if device.type == "cuda": torch.cuda.empty_cache()
     if "forward" in only:
         for s in shapes: section(f"forward {s}", forward_set, s, device, dtype, batch, seq, reps)
+    if "percall" in only:
+        for s in PERCALL_SHAPES: section(f"per call {s}", percall_set, s, device, dtype, 10 * (a.reps or 20))
     if "sweep" in only:
         sb, ss = (batch, seq) if device.type == "cuda" else (4, 32)   # CPU: keep it short
         for s in (["tiny-native"] if device.type == "cpu" else []) + shapes:

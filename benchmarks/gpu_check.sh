@@ -6,7 +6,9 @@
 #   2. benchmarks/bench.py --set gpu: GPT-2 small and Pythia-1.4B shapes (random weights from transformers configs, no
 #      download), bf16, batch 32 x 128: bare HF vs bridge vs fast path, sweeps, training with a clamp, SteeringLab
 #      update, east_vector memory;
-#   3. benchmarks/run_notebooks.py --device cuda: every tutorial at its quick setting and every widget notebook, with
+#   3. tests/test_host_sync.py: no host read or host-to-GPU copy per pass beyond the bare pass (on CUDA counted by
+#      torch's sync-debug mode too), when pytest is there;
+#   4. benchmarks/run_notebooks.py --device cuda: every tutorial at its quick setting and every widget notebook, with
 #      every model forced onto the GPU, then each widget's update callback, timed.
 #
 #   bash benchmarks/gpu_check.sh          # on a CUDA machine; figures and logs go to $OUT (or /tmp/collapse_lab_gpu_check)
@@ -90,13 +92,22 @@ timeout "${BENCH_TIMEOUT:-200}" $PY benchmarks/bench.py "${BENCH_ARGS[@]}"
 BENCH_RC=$?
 [ $BENCH_RC -ne 0 ] && echo "bench.py exited with $BENCH_RC"
 
-# ------------------------------------------------------------------ 3. tutorials and widgets on the device
+# ------------------------------------------------------------------ 3. host synchronisations per pass
 DEV=cuda; [ "$MODE" = cpu ] && DEV=cpu
+if $PY -c "import pytest" 2>/dev/null; then
+  stamp "host synchronisations of the interventions (tests/test_host_sync.py; on CUDA also torch's sync-debug mode)"
+  $PY -m pytest -q -p no:cacheprovider tests/test_host_sync.py 2>&1 | tail -15
+  SYNC_RC=${PIPESTATUS[0]}
+else
+  echo "pytest is not installed here: tests/test_host_sync.py skipped"; SYNC_RC=0
+fi
+
+# ------------------------------------------------------------------ 4. tutorials and widgets on the device
 stamp "tutorials (quick) and widget callbacks, models forced onto $DEV"
 # shellcheck disable=SC2086
 $PY benchmarks/run_notebooks.py ${NOTEBOOKS:-} --device "$DEV" --timeout "${NB_TIMEOUT:-200}" \
     --parallel "${NB_PARALLEL:-8}" --json "$OUTDIR/notebooks.json"
 NB_RC=$?
 
-stamp "done: bench rc=$BENCH_RC, notebooks rc=$NB_RC"
-[ $BENCH_RC -eq 0 ] && [ $NB_RC -eq 0 ]
+stamp "done: bench rc=$BENCH_RC, host-sync tests rc=$SYNC_RC, notebooks rc=$NB_RC"
+[ $BENCH_RC -eq 0 ] && [ $SYNC_RC -eq 0 ] && [ $NB_RC -eq 0 ]

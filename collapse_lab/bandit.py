@@ -349,7 +349,7 @@ def train_agent(
     r = TokenRendering(k)
     torch.manual_seed(seed)
     model = tiny_model(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=r.d_vocab, n_ctx=r.n_ctx(horizon), seed=seed, device=device)
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     def loss_at(s):
         toks, tgt = policy_data(Bandits(batch, k, horizon, seed=seed * 100003 + s), policy, seed=s, **(policy_kw or {}))
         return imitation_loss(model(toks.to(dev)), tgt.to(dev), r.action_tokens)
@@ -502,13 +502,16 @@ def train_thinking_agent(
     n_layers:int=2, d_model:int=48, n_heads:int=4,   # agent size
     seed:int=0,             # model init, data and sampling seed
     progress:bool=True,     # progress bar with the loss
+    device:str="cpu",       # where the agent trains ("auto" picks CUDA when present); the episodes are drawn on the CPU
 )->tuple:                   # (model, losses: list of floats)
     "Train a small agent that writes a thought (evidence, best arm, sure/unsure, plan) and then acts, by imitating `thought_teacher`."
     r = ThoughtRendering(k)
     torch.manual_seed(seed)
-    model = tiny_model(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=r.d_vocab, n_ctx=r.n_ctx(horizon), seed=seed)
+    model = tiny_model(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_vocab=r.d_vocab, n_ctx=r.n_ctx(horizon), seed=seed, device=device)
+    dev = model_device(model)
     def loss_at(s):
         toks, pun = thinking_data(Bandits(batch, k, horizon, seed=seed * 100003 + s), r, eps0, seed=s)
+        toks, pun = toks.to(dev), pun.to(dev)
         return thought_loss(model(toks[:, :-1]), toks, pun, r)
     losses = _fit(model, steps, lr, loss_at, "train thinking agent", "loss", progress)
     return model.eval(), losses

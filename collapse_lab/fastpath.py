@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
 from .core import model_cache, model_device
@@ -144,17 +145,22 @@ def _candidate_sites(model, memo:dict)->dict:
     return {name: by_hp[id(hp)] for name, hp in model.hook_dict.items() if id(hp) in by_hp}
 
 # %% ../nbs/00e_fastpath.ipynb #02d0b837
-_HOOK_ATTRS = [attrgetter(a) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")]
+_HOOK_ATTRS = [attrgetter(a) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")]
 
 class _Bare:
     "A model's bare view, its verified fast sites, and what it was built from."
-    def __init__(self, module, sites, key, pairs, hook_points):
+    def __init__(self, module, sites, key, pairs, bridge_modules):
         self.module, self.sites, self.key, self.pairs, self.training = module, sites, key, pairs, module.training
-        # The bridge's hook points, each once (its `hook_dict` is rebuilt per access). Some families carry TransformerLens's
-        # own permanent hooks (OPT's MLP reshapes); the bare view was verified with them in place, so only hooks beyond
-        # those mean "someone else is hooked": points with their own hooks are checked by count.
-        self.hook_points = [h for h in hook_points if not any(get(h) for get in _HOOK_ATTRS)]
-        self.own = [(h, get, len(get(h))) for h in hook_points for get in _HOOK_ATTRS if any(g(h) for g in _HOOK_ATTRS)]
+        self.kwargs = _hf_kwargs(module)   # forward arguments of every fast run
+        # Every module of the bridge (its components, their hook points, the wrapped model's modules): the bare view runs
+        # copies without their hooks, so a hook on any of them means the run must go through the bridge. Some families
+        # carry TransformerLens's own permanent hooks (OPT's MLP reshapes); the bare view was verified with them in place,
+        # so only hooks beyond those mean "someone else is hooked": modules with their own hooks are checked by count.
+        # Kept flat for the scan: the hook dictionaries themselves (registering or removing a hook changes a dictionary,
+        # never replaces it). `clean_at`: torch's hook counter when the last scan found no hook (see `_bridge_hooked`).
+        self.hook_dicts = [get(h) for h in bridge_modules if not any(g(h) for g in _HOOK_ATTRS) for get in _HOOK_ATTRS]
+        self.own = [(get(h), len(get(h))) for h in bridge_modules if any(g(h) for g in _HOOK_ATTRS) for get in _HOOK_ATTRS]
+        self.clean_at = None
 
 def _key(model)->tuple:
     "What invalidates a bare view: the wrapped model and its blocks (a replaced module means a new view)."
@@ -196,6 +202,7 @@ def _bare_state(model, attn_implementation:str="sdpa")->_Bare|None:
     key = _key(model)
     b = cache.get(attn_implementation)
     if b is not None and (b is False or b.key == key): return b or None
+    if _user_hooked(model): return None   # the view is verified against the bridge alone: built on a later run
     try: b = _build(model, attn_implementation)
     except _NotBare as e:
         b, why = False, e
@@ -205,6 +212,11 @@ def _bare_state(model, attn_implementation:str="sdpa")->_Bare|None:
         if b is False: warnings.warn(f"collapse_lab fast path off for this model ({why}); interventions run through the bridge.")
     cache[attn_implementation] = b
     return b or None
+
+def _user_hooked(model)->bool:
+    "Does a hook point carry a hook someone added (`add_hook`, `hooks()`, `intervene`), not one of TransformerLens's permanent ones?"
+    return any(not h.is_permanent for hp in model.hook_dict.values()
+               for h in (*getattr(hp, "fwd_hooks", ()), *getattr(hp, "bwd_hooks", ())))
 
 def _build(model, attn_implementation:str)->_Bare:
     orig = model.original_model
@@ -221,7 +233,7 @@ def _build(model, attn_implementation:str)->_Bare:
     module.train(model.training)
     pairs = [(memo[k], m) for k, m in ((id(m), m) for m in orig.modules()) if k in memo]
     sites = _verify(model, module, _candidate_sites(model, memo))
-    return _Bare(module, sites, _key(model), pairs, list({id(h): h for h in model.hook_dict.values()}.values()))
+    return _Bare(module, sites, _key(model), pairs, list(model.modules()))
 
 # %% ../nbs/00e_fastpath.ipynb #cf9307b5
 def _verify(model, bare:nn.Module, sites:dict)->dict:
@@ -261,8 +273,18 @@ def fast_sites(
     return [] if b is None else sorted(b.sites)
 
 def _bridge_hooked(b:_Bare)->bool:
-    "Does any hook point of the bridge carry a hook beyond TransformerLens's own (someone's `intervene`, `add_hook`)? Checked every run."
-    return any(any(map(get, b.hook_points)) for get in _HOOK_ATTRS) or any(len(get(h)) != n for h, get, n in b.own)
+    """Does any module of the bridge carry a hook beyond TransformerLens's own (someone's `intervene`, `add_hook`, a
+    plain torch hook)? Asked before every fast run. Scanning the ~6,600 hook dictionaries of a 24-layer bridge takes
+    tens of microseconds warm and far more right after a forward pass (cache misses), so the scan is skipped while no
+    hook has been registered anywhere since the last one found none: torch numbers every hook it registers
+    (`register_forward_hook`, the pre- and backward variants, TransformerLens's `add_hook`) from one counter,
+    `RemovableHandle.next_id`. (A hook written straight into a module's hook dictionary, bypassing torch's
+    `register_*`, is seen at the next scan, after any registration.)"""
+    n = RemovableHandle.next_id
+    if b.clean_at == n and all(len(d) == k for d, k in b.own): return False
+    hooked = any(b.hook_dicts) or any(len(d) != k for d, k in b.own)
+    b.clean_at = None if hooked else n
+    return hooked
 
 def fast_applies(
     model,                  # a TransformerBridge
@@ -307,10 +329,13 @@ def fast_forward(
     tokens = torch.as_tensor(tokens)
     if tokens.ndim == 1: tokens = tokens[None]
     dev = model_device(model)
-    removers = []
+    removers, start = [], RemovableHandle.next_id
     try:
         for name, fn in hooks: removers.append(attach_module(*b.sites[name], name, fn))
-        out = b.module(input_ids=tokens.to(dev), **_hf_kwargs(b.module), **_mask_kwargs(b.module, attention_mask, dev))
+        ours = RemovableHandle.next_id
+        out = b.module(input_ids=tokens.to(dev), **b.kwargs, **_mask_kwargs(b.module, attention_mask, dev))
     finally:
         for r in reversed(removers): r()
+    # The hooks registered since the bridge was last found clean are this run's own, on the bare view: still clean.
+    if b.clean_at == start and RemovableHandle.next_id == ours: b.clean_at = ours
     return hf_logits(out)

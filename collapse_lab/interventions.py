@@ -181,9 +181,18 @@ def _on(t:Tensor, like:Tensor, cache:dict)->Tensor:
 def _prewarm(t:Tensor, model, cache:dict)->dict:
     "Convert `t` for the model's device (its dtype and float32) now: a host-to-GPU copy inside a hook would stall the pass."
     p = next(model.parameters())
-    for dtype in {p.dtype, torch.float32}:
-        if t.is_floating_point(): cache.setdefault((p.device, dtype), t.to(device=p.device, dtype=dtype))
+    for key in {(p.device, p.dtype), (p.device, torch.float32)}:
+        if t.is_floating_point() and key not in cache: cache[key] = t.to(device=key[0], dtype=key[1])
     return cache
+
+def _kept(iv, name:str, t:Tensor)->dict:
+    """A cache on intervention `iv` for what is made from its tensor `t` (copies on the model's device, an orthonormal
+    basis), kept while `t` is the same tensor, unchanged (an in-place edit bumps its version): running the same
+    intervention again copies nothing to the GPU (a copy from host memory waits for the GPU) and recomputes nothing."""
+    store = iv.__dict__.setdefault("_kept", {})
+    hit = store.get(name)
+    if hit is None or hit[0] is not t or hit[1] != t._version: hit = store[name] = (t, t._version, {})
+    return hit[2]
 
 def _per_row(coef:Tensor, n:int, ndim:int)->Tensor:
     "Expand C coefficients to `n` batch rows (C consecutive blocks) shaped to broadcast over `ndim` dims."
@@ -253,8 +262,8 @@ class Steer(Intervention):
                              f"dimension {d}.")
 
     def make_hook(self, model):
-        v_cache, positions = _prewarm(self.vector, model, {}), self.positions
-        c_cache = _prewarm(self.coef, model, {}) if isinstance(self.coef, Tensor) else {}
+        v_cache, positions = _prewarm(self.vector, model, _kept(self, "vector", self.vector)), self.positions
+        c_cache = _prewarm(self.coef, model, _kept(self, "coef", self.coef)) if isinstance(self.coef, Tensor) else {}
         keys_last = _keys_last(self.hook)
         def steer(act, hook):
             if keys_last: _check_width(act, self.vector.numel(), "Steer vector", self.hook)
@@ -330,8 +339,10 @@ class SubspacePatch(Intervention):
 
     @property
     def projector_basis(self)->Tensor:
-        "Orthonormal columns Q [d, k] spanning `basis`; the patch uses P = Q Q^T."
-        return orthonormal_basis(self.basis).float()
+        "Orthonormal columns Q [d, k] spanning `basis` (computed once per basis); the patch uses P = Q Q^T."
+        kept = _kept(self, "basis", self.basis)
+        if "Q" not in kept: kept["Q"] = orthonormal_basis(self.basis).float()
+        return kept["Q"]
 
     def validate(self, model):
         super().validate(model)
@@ -345,7 +356,8 @@ class SubspacePatch(Intervention):
     def make_hook(self, model):
         src = self.source if self.source_is_activation else activations(model, self.source, self.hook)
         Q = self.projector_basis
-        src_cache, q_cache = _prewarm(src, model, {}), _prewarm(Q, model, {})
+        src_cache = _prewarm(src, model, _kept(self, "source", src) if src is self.source else {})
+        q_cache = _prewarm(Q, model, _kept(self, "projector", Q))
         keys_last = _keys_last(self.hook)
         def patch(act, hook):
             if keys_last: _check_width(act, Q.shape[0], "SubspacePatch basis", self.hook)
@@ -406,7 +418,7 @@ class Clamp(Intervention):
         return self.steps is None or self.steps[0] <= step < self.steps[1]
 
     def make_hook(self, model):
-        cache = _prewarm(self.value, model, {}) if isinstance(self.value, Tensor) else {}
+        cache = _prewarm(self.value, model, _kept(self, "value", self.value)) if isinstance(self.value, Tensor) else {}
         def clamp(act, hook):
             ix = site_index(act, self.hook, self.positions, self.heads)
             target = self._called(act) if callable(self.value) else _on(self.value, act, cache)

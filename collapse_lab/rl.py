@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import tiny_model
+from .core import tiny_model, model_device
 from .metrics import token_entropy, entropy_covariance, clip_cov_select, kl_cov_select, entropy_reward_fit
 from .training import save_checkpoint, load_checkpoint, restore_rng_state
 
@@ -81,8 +81,8 @@ def rl_policy(
                       n_ctx=task.prompt_len + task.answer_len, seed=seed)
 
 def _answer_logits(model, seqs:Tensor, prompt_len:int)->Tensor:
-    "Logits `[n, L, d_vocab]` that predict the answer tokens of `seqs` (positions prompt_len-1 .. end-1)."
-    return model(seqs)[:, prompt_len - 1:-1].float()
+    "Logits `[n, L, d_vocab]` that predict the answer tokens of `seqs` (positions prompt_len-1 .. end-1), on the model's device."
+    return model(seqs.to(model_device(model)))[:, prompt_len - 1:-1].float()
 
 def warm_start(
     model, task:Task,
@@ -103,7 +103,7 @@ def warm_start(
         flip = torch.rand(y.shape, generator=g) < noise
         y[flip] = torch.randint(task.n_values, (int(flip.sum()),), generator=g)
         logits = _answer_logits(model, torch.cat([task.train_prompts[i], y], 1), P)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1).to(logits.device))
         opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
     model.eval()
     return losses
@@ -115,10 +115,11 @@ def sample_responses(
     n_new:int,               # answer tokens to draw
     temperature:float=1.0,   # 0: greedy
 )->Tensor:                   # `[n, n_new]` the drawn tokens
-    "Draw `n_new` tokens after each prompt from the policy."
-    seq = prompts
+    """Draw `n_new` tokens after each prompt from the policy. Tokens stay on the CPU, where the task scores them, and are
+    drawn there from the global RNG: a policy on a GPU samples the same stream as on the CPU."""
+    seq, dev = prompts.cpu(), model_device(model)
     for _ in range(n_new):
-        logits = model(seq)[:, -1].float()
+        logits = model(seq.to(dev))[:, -1].float().cpu()
         nxt = logits.argmax(-1) if temperature == 0 else torch.multinomial(torch.softmax(logits / temperature, -1), 1)[:, 0]
         seq = torch.cat([seq, nxt[:, None]], 1)
     return seq[:, prompts.shape[1]:]
@@ -234,7 +235,7 @@ class RLRun:
 def _response_stats(model, seqs:Tensor, P:int)->tuple:
     "log pi of the sampled answer tokens and the token entropy, `[n, L]` each (with gradient)."
     logits = _answer_logits(model, seqs, P)
-    logp = torch.log_softmax(logits, -1).gather(-1, seqs[:, P:, None]).squeeze(-1)
+    logp = torch.log_softmax(logits, -1).gather(-1, seqs[:, P:, None].to(logits.device)).squeeze(-1)
     return logp, token_entropy(logits)
 
 def rl_train(
@@ -271,7 +272,7 @@ def rl_train(
         model.eval()
         resp = sample_responses(model, prompts, L)
         rewards = task.reward(resp, task.train_answers[i].repeat_interleave(G, 0))
-        adv = grpo_advantages(rewards.view(-1, G)).view(-1, 1).expand(-1, L)
+        adv = grpo_advantages(rewards.view(-1, G)).view(-1, 1).expand(-1, L).to(model_device(model))
         seqs = torch.cat([prompts, resp], 1)
         with torch.no_grad(): old_logp, old_ent = _response_stats(model, seqs, P)
         cov = entropy_covariance(old_logp, adv)
@@ -287,7 +288,7 @@ def rl_train(
         with torch.no_grad(): new_ent = _response_stats(model, seqs, P)[1]
         # 3. log
         c = cov["cov"].flatten()
-        q = torch.quantile(c, torch.tensor([0.05, 0.5, 0.95]))
+        q = torch.quantile(c, torch.tensor([0.05, 0.5, 0.95], device=c.device))
         row = dict(step=step + 1, reward=rewards.mean().item(), entropy=old_ent.mean().item(),
                    entropy_after=new_ent.mean().item(), cov=cov["mean"].item(), cov_q05=q[0].item(),
                    cov_median=q[1].item(), cov_q95=q[2].item(), cov_max=c.max().item(),

@@ -142,6 +142,41 @@ def test_hook_left_on_bridge_forces_bridge_path(model, spy):
     torch.testing.assert_close(both, clean, atol=1e-5, rtol=0)
 
 
+def test_hooks_added_between_fast_runs_are_seen(model, spy):
+    """The scan for hooks left on the bridge is skipped while torch's hook counter stands still; a hook added in any
+    way torch registers hooks (TransformerLens's add_hook, a plain torch hook, one added by a hook function during a
+    fast run) is still seen by the next run, and removing it brings the fast path back."""
+    toks = _tokens(62)
+    v = torch.randn(D, generator=_gen(63))
+    st = cl.Steer("blocks.0.hook_resid_post", v, coef=3.0)
+    b = fastpath.bare_view(model)
+    from torch.utils.hooks import RemovableHandle
+    with torch.no_grad():
+        want = cl.run(model, toks, st)
+        cl.run(model, toks, st)
+        assert b.clean_at == RemovableHandle.next_id and len(spy) == 2   # the next run skips the scan
+        hp = model.hook_dict["blocks.1.hook_resid_pre"]
+        hp.add_hook(lambda act, hook: act.flip(-1))
+        try: flipped = cl.run(model, toks, st)
+        finally: hp.remove_hooks()
+        assert len(spy) == 2, "a TransformerLens hook was left out: the run took the fast path"
+        assert not torch.allclose(flipped, want, atol=1e-3)
+        torch.testing.assert_close(cl.run(model, toks, st), want, atol=1e-5, rtol=0)
+        assert len(spy) == 3
+        h = model.blocks[1].register_forward_pre_hook(lambda mod, args: None)   # a plain torch hook on a bridge module
+        try: cl.run(model, toks, st)
+        finally: h.remove()
+        assert len(spy) == 3
+        left = []
+        def leaves_a_hook(act, hook):       # a fast hook that hooks the bridge mid-run
+            left.append(hp.register_forward_hook(lambda mod, i, o: o.flip(-1))); return act
+        cl.run(model, toks, st, cl.Clamp("blocks.1.hook_resid_post", lambda act: leaves_a_hook(act, None)))
+        try: again = cl.run(model, toks, st)
+        finally: left[0].remove()
+        assert len(spy) == 4, "the hook added during the last fast run was not seen"
+        assert not torch.allclose(again, want, atol=1e-3)
+
+
 def test_non_fast_hook_uses_bridge(model, spy):
     toks = _tokens(70)
     iv = cl.Clamp("blocks.0.attn.hook_pattern", cl.previous_token_pattern(9), heads=[1])

@@ -15,8 +15,13 @@ are the input checks of `as_prompts` (token ids inside the vocabulary, no unmark
 of the tokens (one device-to-host copy when the tokens live on the GPU, none for tokenizer output), and the
 transformers model's own mask checks. One read is allowed, and asserted: a `Clamp` whose value is a function checks
 that the function returned finite values, one read per call (an opt-in to arbitrary user code, where a NaN would
-otherwise spread silently)."""
-import collections, tempfile
+otherwise spread silently).
+
+An intervention also keeps its tensors converted for the model's device (and a SubspacePatch its orthonormal basis),
+so running it again copies nothing from host memory to the GPU (such a copy, too, waits for the GPU): checked on the
+CPU with float64 tensors on a float32 model, where the dtype conversion stands in for the copy. Where CUDA exists, the
+same cases run on the GPU under torch's own sync-debug mode, which counts reads and copies alike."""
+import collections, tempfile, warnings
 import pytest, torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -77,6 +82,78 @@ def test_interventions_read_nothing_on_the_host(model):
     extra["sweep, 4 coefficients"] = reads(lambda: sweep(model, x, steer)) - reads(lambda: run(model, x.repeat(4, 1)))
     assert all(n <= 0 for n in extra.values()), f"host reads per pass beyond the bare pass: {extra}"
     assert reads(lambda: run(model, x)) <= 5      # the input checks (on a host copy) and transformers' own mask checks
+
+COPIES = {"aten._to_copy.default", "aten.linalg_qr.default"}
+
+class Calls(TorchDispatchMode):
+    "Count the dispatcher ops named in `names`."
+    def __init__(self, names):
+        super().__init__(); self.names, self.n = names, 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += str(func) in self.names
+        return func(*args, **(kwargs or {}))
+
+def copies(f)->int:
+    "Conversions (`.to(device/dtype)`) and QR factorisations of `f()`, after one call outside the count."
+    f()
+    with Calls(COPIES) as c: f()
+    return c.n
+
+def test_a_rerun_copies_nothing(model):
+    """An intervention keeps its tensors converted for the model's device, so running it again copies nothing to the GPU
+    (a copy from host memory waits for the GPU) and does not orthonormalise its basis again. On the CPU a dtype
+    conversion takes the place of the device copy: float64 tensors on a float32 model are converted on the first run
+    only. Editing a tensor in place, or replacing it, is seen."""
+    d, h = model.cfg.d_model, "blocks.1.hook_resid_pre"
+    x = torch.randint(1, 40, (2, 6))
+    v = torch.randn(d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    src = activations(model, x.flip(0), h).double()
+    ivs = {"Steer": Steer(h, v.clone(), 3.0), "Steer, coefficients per row": Steer(h, v.clone(), torch.tensor([1., 2.], dtype=torch.float64)),
+           "SubspacePatch": SubspacePatch(h, v[None].clone(), src, positions=[-1]),
+           "Clamp": Clamp("blocks.0.attn.hook_pattern", torch.eye(6, dtype=torch.float64), heads=[0])}
+    rows = lambda iv: torch.cat([x, x]) if "per row" in iv else x
+    extra = {k: copies(lambda: run(model, rows(k), iv)) - copies(lambda: run(model, rows(k))) for k, iv in ivs.items()}
+    assert all(n <= 0 for n in extra.values()), f"conversions per rerun: {extra}"
+    # the kept copies follow the tensors: an in-place edit, a replaced tensor
+    steer = ivs["Steer"]
+    with torch.no_grad():
+        run(model, x, steer); steer.vector.mul_(-2)
+        torch.testing.assert_close(run(model, x, steer), run(model, x, Steer(h, -2 * v, 3.0)))
+        steer.vector = v.flip(0)
+        torch.testing.assert_close(run(model, x, steer), run(model, x, Steer(h, v.flip(0), 3.0)))
+        patch = ivs["SubspacePatch"]
+        run(model, x, patch); patch.basis = torch.randn(2, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(run(model, x, patch), run(model, x, SubspacePatch(h, patch.basis.clone(), src, positions=[-1])))
+
+def cuda_syncs(f)->int:
+    "Synchronising CUDA calls of `f()` as torch's sync-debug mode reports them (device-to-host reads and copies from pageable host memory), after one call outside the count."
+    f(); torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try: f()
+        finally: torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(x.message) for x in w)
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.set_sync_debug_mode")
+@pytest.mark.parametrize("kind", ["tl", "gpt2"])
+def test_on_cuda_interventions_add_no_synchronisation(kind):
+    "Where CUDA exists: the same cases on the GPU, counted by torch's own sync-debug mode (which also sees host-to-GPU copies)."
+    m = (cl.tiny_model(n_layers=2, d_model=32, n_heads=2, d_vocab=50, n_ctx=16, seed=0, device="cuda") if kind == "tl"
+         else cl.load_model(cl.tiny_hf_checkpoint(tempfile.mkdtemp(), arch="gpt2"), device="cuda"))
+    d, h = m.cfg.d_model, "blocks.1.hook_resid_pre"
+    x = torch.randint(1, 40, (2, 6))   # host tokens, as a tokenizer gives them: the one copy to the GPU is the bare pass's
+    v = torch.randn(d, generator=torch.Generator().manual_seed(0))
+    src = activations(m, x.flip(0), h)
+    cases = {"Steer": (x, Steer(h, v, 3.0)), "Steer at positions": (x, Steer(h, v, 3.0, positions=[-1])),
+             "Steer, a coefficient per row": (torch.cat([x, x]), Steer(h, v, torch.tensor([1., 2.]))),
+             "SubspacePatch": (x, SubspacePatch(h, v[None], src, positions=[-1])),
+             "Clamp (tensor)": (x, Clamp("blocks.0.attn.hook_pattern", torch.eye(6), heads=[0])),
+             "Ablate zero": (x, Ablate(h, "zero", positions=[-1])), "Ablate mean": (x, Ablate(h, "mean"))}
+    extra = {k: cuda_syncs(lambda: run(m, p, iv)) - cuda_syncs(lambda: run(m, p)) for k, (p, iv) in cases.items()}
+    steer = Steer(h, v, torch.tensor([0., 1., 2., 4.]))
+    extra["sweep, 4 coefficients"] = cuda_syncs(lambda: sweep(m, x, steer)) - cuda_syncs(lambda: run(m, x.repeat(4, 1)))
+    assert all(n <= 0 for n in extra.values()), f"synchronisations per pass beyond the bare pass: {extra}"
 
 def test_a_clamp_function_is_checked_with_one_read(model):
     "The one allowed read: a function's output is checked for NaN/inf once per call."
