@@ -160,6 +160,7 @@ class _Bare:
         # never replaces it). `clean_at`: torch's hook counter when the last scan found no hook (see `_bridge_hooked`).
         self.hook_dicts = [get(h) for h in bridge_modules if not any(g(h) for g in _HOOK_ATTRS) for get in _HOOK_ATTRS]
         self.own = [(get(h), len(get(h))) for h in bridge_modules if any(g(h) for g in _HOOK_ATTRS) for get in _HOOK_ATTRS]
+        self.own_dicts, self.own_total = [d for d, _ in self.own], sum(k for _, k in self.own)
         self.clean_at = None
 
 def _key(model)->tuple:
@@ -281,7 +282,7 @@ def _bridge_hooked(b:_Bare)->bool:
     `RemovableHandle.next_id`. (A hook written straight into a module's hook dictionary, bypassing torch's
     `register_*`, is seen at the next scan, after any registration.)"""
     n = RemovableHandle.next_id
-    if b.clean_at == n and all(len(d) == k for d, k in b.own): return False
+    if b.clean_at == n and sum(map(len, b.own_dicts)) == b.own_total: return False   # nothing added; nothing of its own removed
     hooked = any(b.hook_dicts) or any(len(d) != k for d, k in b.own)
     b.clean_at = None if hooked else n
     return hooked

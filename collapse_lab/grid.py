@@ -474,8 +474,9 @@ def _check_main_guard()->None:
                            "do so under `if __name__ == '__main__':` (workers re-import the script).")
     main = sys.modules.get("__main__"); file = getattr(main, "__file__", None)
     if not file or not file.endswith(".py") or not os.path.isfile(file): return   # a notebook, the REPL, python -c
-    frame = inspect.currentframe()
-    while frame is not None and not (frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__"):
+    # the script's own top-level code (code it runs with exec, e.g. a notebook's cells, is not re-run by the workers)
+    frame, file = inspect.currentframe(), os.path.abspath(file)
+    while frame is not None and not (frame.f_code.co_name == "<module>" and os.path.abspath(frame.f_code.co_filename) == file):
         frame = frame.f_back
     if frame is None: return
     import ast

@@ -66,7 +66,8 @@ class SteeringLab(Panel):
                                             # the coefficient and the action distribution read after it
         if isinstance(vector, SteeringVector): hook, vector = hook or vector.hook, vector.vector
         if hook is None: raise ValueError("hook is None: pass a hook name or a SteeringVector that records one.")
-        self.model, self.vector = model, torch.as_tensor(vector, dtype=torch.float32)
+        # on the model's device once: the Steer each slider move makes then copies nothing to the GPU
+        self.model, self.vector = model, torch.as_tensor(vector, dtype=torch.float32).to(model_device(model))
         Steer(hook, self.vector).validate(model)          # hook exists and widths match: fail now, not in the panel
         lo, hi = float(coef_range[0]), float(coef_range[1])
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):

@@ -265,6 +265,12 @@ def test_missing_main_guard_is_refused_clearly(tmp_path):
                       f"results_dir={str(tmp_path / 'g')!r}, max_parallel=2, progress=False).status.tolist())", "g.py")
     out = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0 and "['ok', 'ok']" in out.stdout, out.stderr[-2000:]
+    # a guarded script that runs a notebook's cells with exec (as benchmarks/run_notebooks.py does): not refused
+    cell = f"print(run_grid(T.nap, {{'t': [0.0, 0.01]}}, results_dir={str(tmp_path / 'e')!r}, max_parallel=2, progress=False).status.tolist())"
+    runner = _script(tmp_path, f"def run_cells():\n    exec(compile({cell!r}, 'notebook.ipynb[cell 0]', 'exec'), "
+                     "{'__name__': '__main__', 'run_grid': run_grid, 'T': T})\nif __name__ == '__main__':\n    run_cells()", "e.py")
+    out = subprocess.run([sys.executable, str(runner)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0 and "['ok', 'ok']" in out.stdout, out.stderr[-2000:]
 
 def test_second_grid_on_a_folder_in_use_is_refused(tmp_path):
     "Two grids, different functions, one folder, at once: the second is refused, the first's results are its own."

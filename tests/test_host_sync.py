@@ -7,8 +7,8 @@ through the same dispatcher ops (`aten._local_scalar_dense`, `aten.nonzero`, ...
 them shows, without a GPU, every place that would synchronise on one.
 
 What is checked: a forward pass under each intervention (Steer, with positions and per-row coefficients;
-SubspacePatch; Clamp; Ablate; `sweep`), on a TransformerLens-native model and on a hub-family checkpoint, reads no
-more device values than the same pass without an intervention (an intervention that the fast path cannot apply runs
+SubspacePatch; Clamp; Ablate; `sweep`; steered `generate`), on a TransformerLens-native model and on a hub-family
+checkpoint, reads no more device values than the same pass without an intervention (an intervention that the fast path cannot apply runs
 through the bridge, which reads one value fewer than transformers' forward). `sweep` builds each chunk's
 intervention from the validated one without validating it again (validation reads the tensors). The reads the bare pass does
 are the input checks of `as_prompts` (token ids inside the vocabulary, no unmarked padding), which run on a host copy
@@ -80,6 +80,9 @@ def test_interventions_read_nothing_on_the_host(model):
     extra = {k: reads(lambda: run(model, p, iv)) - reads(lambda: run(model, p)) for k, (p, iv) in cases.items()}
     steer = Steer(h, v, torch.tensor([0., 1., 2., 4.]))
     extra["sweep, 4 coefficients"] = reads(lambda: sweep(model, x, steer)) - reads(lambda: run(model, x.repeat(4, 1)))
+    gen = lambda *iv: cl.generate(model, x, *iv, max_new_tokens=6, greedy=True)
+    st = Steer(h, v, 3.0)
+    extra["generate, 6 tokens, steered"] = reads(lambda: gen(st)) - reads(gen)
     assert all(n <= 0 for n in extra.values()), f"host reads per pass beyond the bare pass: {extra}"
     assert reads(lambda: run(model, x)) <= 5      # the input checks (on a host copy) and transformers' own mask checks
 
@@ -153,6 +156,8 @@ def test_on_cuda_interventions_add_no_synchronisation(kind):
     extra = {k: cuda_syncs(lambda: run(m, p, iv)) - cuda_syncs(lambda: run(m, p)) for k, (p, iv) in cases.items()}
     steer = Steer(h, v, torch.tensor([0., 1., 2., 4.]))
     extra["sweep, 4 coefficients"] = cuda_syncs(lambda: sweep(m, x, steer)) - cuda_syncs(lambda: run(m, x.repeat(4, 1)))
+    gen, st = (lambda *iv: cl.generate(m, x, *iv, max_new_tokens=6, greedy=True)), Steer(h, v, 3.0)
+    extra["generate, 6 tokens, steered"] = cuda_syncs(lambda: gen(st)) - cuda_syncs(gen)
     assert all(n <= 0 for n in extra.values()), f"synchronisations per pass beyond the bare pass: {extra}"
 
 def test_a_clamp_function_is_checked_with_one_read(model):
