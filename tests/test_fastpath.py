@@ -177,6 +177,22 @@ def test_hooks_added_between_fast_runs_are_seen(model, spy):
         assert not torch.allclose(again, want, atol=1e-3)
 
 
+@pytest.mark.parametrize("edit", [False, True], ids=["reading hook", "editing hook"])
+def test_first_run_inside_a_hook_context_keeps_the_fast_path(tmp_path, edit, spy):
+    """The bare view is verified against the bridge: built during a first run that a user's hook is part of, it was
+    verified against the hooked bridge (an editing hook: 'fast path off' for good; a reading hook: taken for one of
+    TransformerLens's own, so the fast path went off once it was removed). It is now built on a later, unhooked run."""
+    model = cl.load_model(cl.tiny_hf_checkpoint(tmp_path, arch="gpt2", n_layers=2, d_model=D), device="cpu")
+    toks, seen = _tokens(64), []
+    st = cl.Steer("blocks.0.hook_resid_post", torch.randn(D, generator=_gen(65)), coef=2.0)
+    fn = (lambda act, hook: act.flip(-1)) if edit else (lambda act, hook: seen.append(1))
+    with torch.no_grad():
+        with model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", fn)]): cl.run(model, toks, st)
+        assert spy == [] and (edit or seen)                  # that run went through the bridge, with the hook
+        torch.testing.assert_close(cl.run(model, toks, st), cl.run(model, toks, st, fast=False), atol=1e-5, rtol=0)
+    assert len(spy) == 1 and fastpath.fast_applies(model, ["blocks.0.hook_resid_post"])
+
+
 def test_non_fast_hook_uses_bridge(model, spy):
     toks = _tokens(70)
     iv = cl.Clamp("blocks.0.attn.hook_pattern", cl.previous_token_pattern(9), heads=[1])
