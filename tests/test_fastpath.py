@@ -1,6 +1,7 @@
 "The fast path (plain PyTorch hooks on the bare model) against the bridge path, on every architecture the tests build."
 import pytest
 import torch
+from torch.utils.hooks import RemovableHandle
 
 import collapse_lab as cl
 from collapse_lab import fastpath, interventions
@@ -150,7 +151,6 @@ def test_hooks_added_between_fast_runs_are_seen(model, spy):
     v = torch.randn(D, generator=_gen(63))
     st = cl.Steer("blocks.0.hook_resid_post", v, coef=3.0)
     b = fastpath.bare_view(model)
-    from torch.utils.hooks import RemovableHandle
     with torch.no_grad():
         want = cl.run(model, toks, st)
         cl.run(model, toks, st)
