@@ -149,17 +149,17 @@ _HOOK_ATTRS = [attrgetter(a) for a in ("_forward_hooks", "_forward_pre_hooks", "
 
 class _Bare:
     "A model's bare view, its verified fast sites, and what it was built from."
-    def __init__(self, module, sites, key, pairs, bridge_modules):
+    def __init__(self, module, sites, key, pairs, hook_points):
         self.module, self.sites, self.key, self.pairs, self.training = module, sites, key, pairs, module.training
         self.kwargs = _hf_kwargs(module)   # forward arguments of every fast run
-        # Every module of the bridge (its components, their hook points, the wrapped model's modules): the bare view runs
-        # copies without their hooks, so a hook on any of them means the run must go through the bridge. Some families
+        # The bridge's hook points, each once (its `hook_dict` is rebuilt per access): where its users hook it. (Not every
+        # module: TransformerLens itself leaves hooks on the wrapped modules, e.g. after `run_with_cache`.) Some families
         # carry TransformerLens's own permanent hooks (OPT's MLP reshapes); the bare view was verified with them in place,
-        # so only hooks beyond those mean "someone else is hooked": modules with their own hooks are checked by count.
+        # so only hooks beyond those mean "someone else is hooked": points with their own hooks are checked by count.
         # Kept flat for the scan: the hook dictionaries themselves (registering or removing a hook changes a dictionary,
         # never replaces it). `clean_at`: torch's hook counter when the last scan found no hook (see `_bridge_hooked`).
-        self.hook_dicts = [get(h) for h in bridge_modules if not any(g(h) for g in _HOOK_ATTRS) for get in _HOOK_ATTRS]
-        self.own = [(get(h), len(get(h))) for h in bridge_modules if any(g(h) for g in _HOOK_ATTRS) for get in _HOOK_ATTRS]
+        self.hook_dicts = [get(h) for h in hook_points if not any(g(h) for g in _HOOK_ATTRS) for get in _HOOK_ATTRS]
+        self.own = [(get(h), len(get(h))) for h in hook_points if any(g(h) for g in _HOOK_ATTRS) for get in _HOOK_ATTRS]
         self.own_dicts, self.own_total = [d for d, _ in self.own], sum(k for _, k in self.own)
         self.clean_at = None
 
@@ -234,7 +234,7 @@ def _build(model, attn_implementation:str)->_Bare:
     module.train(model.training)
     pairs = [(memo[k], m) for k, m in ((id(m), m) for m in orig.modules()) if k in memo]
     sites = _verify(model, module, _candidate_sites(model, memo))
-    return _Bare(module, sites, _key(model), pairs, list(model.modules()))
+    return _Bare(module, sites, _key(model), pairs, list({id(h): h for h in model.hook_dict.values()}.values()))
 
 # %% ../nbs/00e_fastpath.ipynb #cf9307b5
 def _verify(model, bare:nn.Module, sites:dict)->dict:
@@ -274,13 +274,13 @@ def fast_sites(
     return [] if b is None else sorted(b.sites)
 
 def _bridge_hooked(b:_Bare)->bool:
-    """Does any module of the bridge carry a hook beyond TransformerLens's own (someone's `intervene`, `add_hook`, a
-    plain torch hook)? Asked before every fast run. Scanning the ~6,600 hook dictionaries of a 24-layer bridge takes
-    tens of microseconds warm and far more right after a forward pass (cache misses), so the scan is skipped while no
-    hook has been registered anywhere since the last one found none: torch numbers every hook it registers
-    (`register_forward_hook`, the pre- and backward variants, TransformerLens's `add_hook`) from one counter,
-    `RemovableHandle.next_id`. (A hook written straight into a module's hook dictionary, bypassing torch's
-    `register_*`, is seen at the next scan, after any registration.)"""
+    """Does any hook point of the bridge carry a hook beyond TransformerLens's own (someone's `intervene`, `add_hook`,
+    `hooks()`, a torch hook on a hook point)? Asked before every fast run. Scanning the ~4,000 hook dictionaries of a
+    24-layer bridge takes tens of microseconds warm and far more right after a forward pass (cache misses), so the scan
+    is skipped while no hook has been registered anywhere since the last one found none: torch numbers every hook it
+    registers (`register_forward_hook`, the pre- and backward variants, TransformerLens's `add_hook`) from one counter,
+    `RemovableHandle.next_id`. (A hook written straight into a hook dictionary, bypassing torch's `register_*`, is seen
+    at the next scan, after any registration.)"""
     n = RemovableHandle.next_id
     if b.clean_at == n and sum(map(len, b.own_dicts)) == b.own_total: return False   # nothing added; nothing of its own removed
     hooked = any(b.hook_dicts) or any(len(d) != k for d, k in b.own)

@@ -144,9 +144,10 @@ def test_hook_left_on_bridge_forces_bridge_path(model, spy):
 
 
 def test_hooks_added_between_fast_runs_are_seen(model, spy):
-    """The scan for hooks left on the bridge is skipped while torch's hook counter stands still; a hook added in any
-    way torch registers hooks (TransformerLens's add_hook, a plain torch hook, one added by a hook function during a
-    fast run) is still seen by the next run, and removing it brings the fast path back."""
+    """The scan for hooks left on the bridge's hook points is skipped while torch's hook counter stands still; a hook
+    added with TransformerLens's add_hook, or with torch's register_forward_hook by a hook function during a fast run,
+    is still seen by the next run, and removing it brings the fast path back. The hooks TransformerLens leaves on the
+    wrapped modules after run_with_cache do not turn the fast path off."""
     toks = _tokens(62)
     v = torch.randn(D, generator=_gen(63))
     st = cl.Steer("blocks.0.hook_resid_post", v, coef=3.0)
@@ -163,17 +164,16 @@ def test_hooks_added_between_fast_runs_are_seen(model, spy):
         assert not torch.allclose(flipped, want, atol=1e-3)
         torch.testing.assert_close(cl.run(model, toks, st), want, atol=1e-5, rtol=0)
         assert len(spy) == 3
-        h = model.blocks[1].register_forward_pre_hook(lambda mod, args: None)   # a plain torch hook on a bridge module
-        try: cl.run(model, toks, st)
-        finally: h.remove()
-        assert len(spy) == 3
+        model.run_with_cache(toks, names_filter="blocks.1.hook_resid_pre")   # leaves TransformerLens's own hooks on modules
+        torch.testing.assert_close(cl.run(model, toks, st), want, atol=1e-5, rtol=0)
+        assert len(spy) == 4, "the fast path went off after run_with_cache"
         left = []
         def leaves_a_hook(act, hook):       # a fast hook that hooks the bridge mid-run
             left.append(hp.register_forward_hook(lambda mod, i, o: o.flip(-1))); return act
         cl.run(model, toks, st, cl.Clamp("blocks.1.hook_resid_post", lambda act: leaves_a_hook(act, None)))
         try: again = cl.run(model, toks, st)
         finally: left[0].remove()
-        assert len(spy) == 4, "the hook added during the last fast run was not seen"
+        assert len(spy) == 5, "the hook added during the last fast run was not seen"
         assert not torch.allclose(again, want, atol=1e-3)
 
 
